@@ -1,0 +1,115 @@
+//! `App::build(config)` binds the listener and wires the service; `run_until_stopped` serves it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::auth::password::Passwords;
+use crate::auth::tokens::{signing_secret, Jwt};
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::http::cors::OriginPolicy;
+use crate::http::{router, AppState};
+use crate::store;
+
+/// How long in-flight requests may run on after a stop signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct App {
+    listener: TcpListener,
+    router: axum::Router,
+    port: u16,
+}
+
+impl App {
+    /// Connects and migrates the database, loads keys and binds `APP_HOST:APP_PORT` (port 0
+    /// picks a free one).
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let config = Arc::new(config);
+        let store = store::connect(&config)
+            .await
+            .context("opening the database")?;
+        let secret = signing_secret(&config)?;
+        let jwt = Jwt::new(&secret, &config.app_url);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let passwords = tokio::task::spawn_blocking(move || Passwords::new(cores))
+            .await?
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let auth = Arc::new(Auth::new(store, passwords, jwt, Arc::clone(&config)));
+        let state = AppState {
+            auth,
+            origins: Arc::new(OriginPolicy::new(&config)),
+            config: Arc::clone(&config),
+        };
+        let listener = TcpListener::bind((config.host, config.port))
+            .await
+            .with_context(|| format!("binding {}:{}", config.host, config.port))?;
+        let port = listener.local_addr()?.port();
+        Ok(Self {
+            listener,
+            router: router(state),
+            port,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests
+    /// finish for at most 30 s.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("stopping: no new connections, finishing requests in flight");
+            let _ = stopping_tx.send(());
+        });
+        let deadline = async move {
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(DRAIN_TIMEOUT).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            served = server => served.context("serving HTTP")?,
+            () = deadline => tracing::warn!("requests still in flight after 30 s; stopping anyway"),
+        }
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,394 @@
+//! Use-cases of accounts, sign-in, tokens and sessions, over `&dyn Store`; nothing here knows HTTP.
+
+pub mod password;
+pub mod tokens;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::domain::{DisplayName, Email, NewPassword, Phone, Username, ValidationErrors};
+use crate::error::Error;
+use crate::store::{
+    NewSession, NewUser, ProfileChange, RefreshOutcome, Role, Rotation, Session, SessionUser,
+    Store, User,
+};
+use crate::time::{self, Timestamp};
+use password::{Passwords, Verification};
+use tokens::{digest, random_token, Jwt};
+
+/// A request to create an account, as received.
+#[derive(Debug, Default)]
+pub struct Registration {
+    pub name: String,
+    pub username: String,
+    pub email: String,
+    pub password: String,
+    pub phone: Option<String>,
+    pub role: Option<String>,
+}
+
+/// Where a request came from, as recorded on sessions.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    pub ip: Option<IpAddr>,
+    pub user_agent: Option<String>,
+}
+
+/// What a successful sign-in or refresh hands back to the client.
+#[derive(Debug)]
+pub struct IssuedTokens {
+    pub access_token: String,
+    pub expires_in: u64,
+    pub refresh_token: String,
+    /// The raw `auth.sid` cookie value.
+    pub session_cookie: String,
+    pub session_id: String,
+    pub user: User,
+}
+
+/// An authenticated caller: an active session of an active user, as of this request.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user: User,
+    pub session_id: String,
+}
+
+/// How long a session's `last_used_at` may lag behind before a request refreshes it.
+const TOUCH_INTERVAL_SECS: i64 = 60;
+
+pub struct Auth {
+    store: Arc<dyn Store>,
+    passwords: Passwords,
+    jwt: Jwt,
+    config: Arc<Config>,
+}
+
+impl Auth {
+    pub fn new(store: Arc<dyn Store>, passwords: Passwords, jwt: Jwt, config: Arc<Config>) -> Self {
+        Self {
+            store,
+            passwords,
+            jwt,
+            config,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub async fn register(
+        &self,
+        input: Registration,
+        caller: Option<&Principal>,
+    ) -> Result<User, Error> {
+        let role = match input.role.as_deref().map(str::trim) {
+            None | Some("") | Some("user") => Role::User,
+            Some("admin") => Role::Admin,
+            Some(_) => {
+                return Err(Error::Validation(vec![crate::error::FieldError::new(
+                    "role",
+                    "Role must be \"user\" or \"admin\".",
+                )]))
+            }
+        };
+        if role == Role::Admin && !caller.is_some_and(|c| c.user.role == Role::Admin) {
+            return Err(Error::Forbidden(
+                "Only an administrator can create administrator accounts.",
+            ));
+        }
+        let mut errors = ValidationErrors::default();
+        let name = errors.check("name", DisplayName::parse(&input.name));
+        let username = errors.check("username", Username::parse(&input.username));
+        let email = errors.check("email", Email::parse(&input.email));
+        let phone = errors.check("phone", Phone::parse(input.phone.as_deref().unwrap_or("")));
+        let user_inputs = [input.username.trim(), input.name.trim(), input.email.trim()];
+        let password = errors.check(
+            "password",
+            NewPassword::parse(&input.password, &user_inputs),
+        );
+        let (Some(name), Some(username), Some(email), Some(phone), Some(password)) =
+            (name, username, email, phone, password)
+        else {
+            return Err(errors.into());
+        };
+        let password_hash = self.passwords.hash(password.expose().to_owned()).await?;
+        let user = self
+            .store
+            .create_user(&NewUser {
+                uid: uuid::Uuid::new_v4().to_string(),
+                username: username.as_str().to_owned(),
+                name: name.as_str().to_owned(),
+                email: email.as_str().to_owned(),
+                phone: phone.map(|p| p.as_str().to_owned()),
+                password_hash,
+                role,
+                now: time::now(),
+            })
+            .await?;
+        tracing::info!(user = %user.uid, "account created");
+        Ok(user)
+    }
+
+    /// Unknown account, wrong password and deactivated account fail alike, after the same
+    /// amount of hashing work.
+    pub async fn sign_in(
+        &self,
+        identifier: &str,
+        password: String,
+        client: ClientInfo,
+    ) -> Result<IssuedTokens, Error> {
+        let identifier = normalize_identifier(identifier);
+        let mut errors = ValidationErrors::default();
+        if identifier.is_empty() {
+            errors.push("username", "Username or email is required.");
+        }
+        if password.is_empty() {
+            errors.push("password", "Password is required.");
+        }
+        errors.into_result()?;
+
+        let credentials = self.store.find_credentials(&identifier).await?;
+        let stored_hash = credentials.as_ref().map(|c| c.password_hash.clone());
+        let verification = self.passwords.verify(password.clone(), stored_hash).await?;
+        let (user, needs_rehash) = match (credentials, verification) {
+            (Some(c), Verification::Valid { needs_rehash }) if c.user.active => {
+                (c.user, needs_rehash)
+            }
+            _ => return Err(Error::InvalidCredentials),
+        };
+        if self.config.require_email_verification && !user.email_verified {
+            return Err(Error::EmailNotVerified);
+        }
+        if needs_rehash {
+            self.rehash_in_background(user.db_id, password);
+        }
+        let tokens = self.start_session(user, client).await?;
+        tracing::info!(user = %tokens.user.uid, session = %tokens.session_id, "signed in");
+        Ok(tokens)
+    }
+
+    /// Legacy bcrypt (or weaker argon2) hashes are upgraded after the answer is sent.
+    fn rehash_in_background(&self, user_db_id: i64, password: String) {
+        let passwords = self.passwords.clone();
+        let store = Arc::clone(&self.store);
+        tokio::spawn(async move {
+            let result = match passwords.hash(password).await {
+                Ok(hash) => store
+                    .set_password_hash(user_db_id, &hash)
+                    .await
+                    .map_err(Error::from),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "could not upgrade a password hash");
+            }
+        });
+    }
+
+    async fn start_session(
+        &self,
+        mut user: User,
+        client: ClientInfo,
+    ) -> Result<IssuedTokens, Error> {
+        let now = time::now();
+        let session_cookie = random_token();
+        let refresh_token = random_token();
+        let session_id = uuid::Uuid::new_v4().to_string();
+        self.store
+            .start_session(&NewSession {
+                id: session_id.clone(),
+                user_db_id: user.db_id,
+                cookie_hash: digest(&session_cookie),
+                refresh_hash: digest(&refresh_token),
+                ip: client.ip.map(|ip| ip.to_string()),
+                user_agent: client.user_agent.map(|ua| ua.chars().take(255).collect()),
+                now,
+                expires_at: now + time::duration(self.config.refresh_token_ttl),
+            })
+            .await?;
+        user.last_login = Some(now);
+        self.issue(user, session_id, session_cookie, refresh_token, now)
+    }
+
+    fn issue(
+        &self,
+        user: User,
+        session_id: String,
+        session_cookie: String,
+        refresh_token: String,
+        now: Timestamp,
+    ) -> Result<IssuedTokens, Error> {
+        let ttl = self.config.access_token_ttl;
+        Ok(IssuedTokens {
+            access_token: self.jwt.issue(&user, &session_id, now, ttl)?,
+            expires_in: ttl.as_secs(),
+            refresh_token,
+            session_cookie,
+            session_id,
+            user,
+        })
+    }
+
+    /// Rotates the refresh token (and the session cookie); a replayed one kills the session.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<IssuedTokens, Error> {
+        if refresh_token.is_empty() {
+            return Err(Error::Validation(vec![crate::error::FieldError::new(
+                "refresh_token",
+                "Refresh token is required.",
+            )]));
+        }
+        let now = time::now();
+        let new_refresh = random_token();
+        let new_cookie = random_token();
+        let outcome = self
+            .store
+            .rotate_refresh_token(&Rotation {
+                old_refresh_hash: digest(refresh_token),
+                new_refresh_hash: digest(&new_refresh),
+                new_cookie_hash: digest(&new_cookie),
+                now,
+                expires_at: now + time::duration(self.config.refresh_token_ttl),
+            })
+            .await?;
+        match outcome {
+            RefreshOutcome::Rotated(su) => {
+                self.issue(su.user, su.session.id, new_cookie, new_refresh, now)
+            }
+            RefreshOutcome::Reused => {
+                tracing::warn!("a rotated refresh token was presented again; session revoked");
+                Err(Error::RefreshTokenReused)
+            }
+            RefreshOutcome::Invalid => Err(Error::Unauthorized),
+        }
+    }
+
+    /// An access token is good while its signature, `exp` and `iss` hold and its session is
+    /// active: one database round trip, which also returns the current user.
+    pub async fn authenticate_bearer(&self, token: &str) -> Result<Principal, Error> {
+        let claims = self.jwt.verify(token)?;
+        let found = self.store.session_by_id(&claims.sid, time::now()).await?;
+        match found {
+            Some(su) if su.user.uid == claims.sub => Ok(self.principal(su)),
+            _ => Err(Error::Unauthorized),
+        }
+    }
+
+    pub async fn authenticate_cookie(&self, cookie: &str) -> Result<Principal, Error> {
+        let found = self
+            .store
+            .session_by_cookie(&digest(cookie), time::now())
+            .await?;
+        found
+            .map(|su| self.principal(su))
+            .ok_or(Error::Unauthorized)
+    }
+
+    fn principal(&self, su: SessionUser) -> Principal {
+        let now = time::now();
+        if (now - su.session.last_used_at).num_seconds() >= TOUCH_INTERVAL_SECS {
+            let store = Arc::clone(&self.store);
+            let id = su.session.id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.touch_session(&id, now).await {
+                    tracing::warn!(error = %e, "could not record session use");
+                }
+            });
+        }
+        Principal {
+            user: su.user,
+            session_id: su.session.id,
+        }
+    }
+
+    pub async fn logout(&self, principal: &Principal) -> Result<(), Error> {
+        self.store
+            .revoke_session(principal.user.db_id, &principal.session_id, time::now())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn logout_all(&self, principal: &Principal) -> Result<u64, Error> {
+        Ok(self
+            .store
+            .revoke_all_sessions(principal.user.db_id, time::now())
+            .await?)
+    }
+
+    pub async fn sessions(&self, principal: &Principal) -> Result<Vec<Session>, Error> {
+        Ok(self
+            .store
+            .list_sessions(principal.user.db_id, time::now())
+            .await?)
+    }
+
+    pub async fn revoke_session(
+        &self,
+        principal: &Principal,
+        session_id: &str,
+    ) -> Result<(), Error> {
+        if self
+            .store
+            .revoke_session(principal.user.db_id, session_id, time::now())
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(Error::NotFound("session"))
+        }
+    }
+
+    pub async fn update_profile(
+        &self,
+        principal: &Principal,
+        name: Option<&str>,
+        phone: Option<&str>,
+    ) -> Result<User, Error> {
+        let mut errors = ValidationErrors::default();
+        let name = name.and_then(|n| errors.check("name", DisplayName::parse(n)));
+        let phone = phone.and_then(|p| errors.check("phone", Phone::parse(p)));
+        errors.into_result()?;
+        let change = ProfileChange {
+            name: name.map(|n| n.as_str().to_owned()),
+            phone: phone.map(|p| p.map(|p| p.as_str().to_owned())),
+        };
+        Ok(self
+            .store
+            .update_profile(principal.user.db_id, &change)
+            .await?)
+    }
+
+    /// Deleting the account needs the password again.
+    pub async fn delete_account(
+        &self,
+        principal: &Principal,
+        password: String,
+    ) -> Result<(), Error> {
+        if password.is_empty() {
+            return Err(Error::Validation(vec![crate::error::FieldError::new(
+                "password",
+                "Password is required.",
+            )]));
+        }
+        let credentials = self.store.credentials_by_id(principal.user.db_id).await?;
+        let stored = credentials.map(|c| c.password_hash);
+        match self.passwords.verify(password, stored).await? {
+            Verification::Valid { .. } => {}
+            Verification::Invalid => return Err(Error::InvalidCredentials),
+        }
+        self.store.delete_user(principal.user.db_id).await?;
+        tracing::info!(user = %principal.user.uid, "account deleted");
+        Ok(())
+    }
+}
+
+/// Identifiers are compared lower-cased, trimmed, without NUL characters, at most 200 characters.
+pub fn normalize_identifier(raw: &str) -> String {
+    raw.trim()
+        .chars()
+        .filter(|c| *c != '\0')
+        .take(200)
+        .collect::<String>()
+        .to_lowercase()
+}

@@ -1,0 +1,203 @@
+//! Password hashing: argon2id off the async runtime, a bound on concurrent hashes, legacy bcrypt.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use tokio::sync::Semaphore;
+
+use crate::error::Error;
+
+/// OWASP's argon2id baseline, as SPEC §3 asks: m=19456 KiB, t=2, p=1.
+const MEMORY_KIB: u32 = 19_456;
+const ITERATIONS: u32 = 2;
+const PARALLELISM: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verification {
+    Valid { needs_rehash: bool },
+    Invalid,
+}
+
+/// Hashes and verifies passwords on the blocking pool, at most `permits` at once, so a burst
+/// of sign-ins queues instead of starving the runtime or exhausting memory.
+#[derive(Clone)]
+pub struct Passwords {
+    permits: Arc<Semaphore>,
+    /// Verified when the account does not exist, so that failure costs the same time.
+    dummy_hash: Arc<str>,
+}
+
+fn argon2() -> Result<Argon2<'static>, Error> {
+    let params = Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None)
+        .map_err(|e| anyhow::anyhow!("argon2 params: {e}"))?;
+    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+}
+
+fn hash_blocking(password: &str) -> Result<String, Error> {
+    let salt = SaltString::generate(&mut OsRng);
+    let hash = argon2()?
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| anyhow::anyhow!("argon2 hash: {e}"))?;
+    Ok(hash.to_string())
+}
+
+fn is_legacy_bcrypt(stored: &str) -> bool {
+    ["$2a$", "$2b$", "$2y$"]
+        .iter()
+        .any(|p| stored.starts_with(p))
+}
+
+fn verify_blocking(password: &str, stored: &str) -> Verification {
+    if is_legacy_bcrypt(stored) {
+        return match bcrypt::verify(password, stored) {
+            Ok(true) => Verification::Valid { needs_rehash: true },
+            _ => Verification::Invalid,
+        };
+    }
+    let Ok(parsed) = PasswordHash::new(stored) else {
+        return Verification::Invalid;
+    };
+    // The PHC string carries its own algorithm and parameters.
+    if Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_err()
+    {
+        return Verification::Invalid;
+    }
+    let current = parsed.algorithm.as_str() == "argon2id"
+        && Params::try_from(&parsed).is_ok_and(|p| {
+            p.m_cost() == MEMORY_KIB && p.t_cost() == ITERATIONS && p.p_cost() == PARALLELISM
+        });
+    Verification::Valid {
+        needs_rehash: !current,
+    }
+}
+
+impl Passwords {
+    /// `max_concurrent` hashes at once; computing the dummy hash costs one hash at start.
+    pub fn new(max_concurrent: usize) -> Result<Self, Error> {
+        let mut random = [0u8; 32];
+        rand::Rng::fill(&mut rand::rngs::OsRng, &mut random);
+        let dummy_hash = hash_blocking(&hex::encode(random))?;
+        Ok(Self {
+            permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            dummy_hash: dummy_hash.into(),
+        })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Error> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .context("password hashing pool closed")?;
+        Ok(tokio::task::spawn_blocking(work)
+            .await
+            .context("password hashing task failed")?)
+    }
+
+    pub async fn hash(&self, password: String) -> Result<String, Error> {
+        self.run(move || hash_blocking(&password)).await?
+    }
+
+    /// Verifies against `stored`, or against the dummy hash when there is no account, so
+    /// that both take the same time; the latter is always `Invalid`.
+    pub async fn verify(
+        &self,
+        password: String,
+        stored: Option<String>,
+    ) -> Result<Verification, Error> {
+        let (stored, real) = match stored {
+            Some(s) => (s, true),
+            None => (self.dummy_hash.to_string(), false),
+        };
+        let verification = self
+            .run(move || verify_blocking(&password, &stored))
+            .await?;
+        Ok(if real {
+            verification
+        } else {
+            Verification::Invalid
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn argon2id_hashes_verify_and_are_current() {
+        let p = Passwords::new(2).unwrap();
+        let hash = p.hash("correct horse".into()).await.unwrap();
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
+        assert_eq!(
+            p.verify("correct horse".into(), Some(hash.clone()))
+                .await
+                .unwrap(),
+            Verification::Valid {
+                needs_rehash: false
+            }
+        );
+        assert_eq!(
+            p.verify("wrong horse".into(), Some(hash)).await.unwrap(),
+            Verification::Invalid
+        );
+    }
+
+    #[tokio::test]
+    async fn legacy_bcrypt_verifies_and_asks_for_a_rehash() {
+        let p = Passwords::new(1).unwrap();
+        for prefix in ["$2a$", "$2b$", "$2y$"] {
+            let hash = bcrypt::hash("old secret", 4)
+                .unwrap()
+                .replacen("$2b$", prefix, 1);
+            assert_eq!(
+                p.verify("old secret".into(), Some(hash.clone()))
+                    .await
+                    .unwrap(),
+                Verification::Valid { needs_rehash: true }
+            );
+            assert_eq!(
+                p.verify("other".into(), Some(hash)).await.unwrap(),
+                Verification::Invalid
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn weaker_argon2_parameters_ask_for_a_rehash_and_no_account_never_verifies() {
+        let p = Passwords::new(1).unwrap();
+        let weak = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(4096, 1, 1, None).unwrap(),
+        )
+        .hash_password(b"pw", &SaltString::generate(&mut OsRng))
+        .unwrap()
+        .to_string();
+        assert_eq!(
+            p.verify("pw".into(), Some(weak)).await.unwrap(),
+            Verification::Valid { needs_rehash: true }
+        );
+        assert_eq!(
+            p.verify("pw".into(), None).await.unwrap(),
+            Verification::Invalid
+        );
+        assert_eq!(
+            p.verify("pw".into(), Some("not a hash".into()))
+                .await
+                .unwrap(),
+            Verification::Invalid
+        );
+    }
+}

@@ -1,0 +1,331 @@
+//! `Error`: the one error type of the service, and the one place it becomes the JSON envelope.
+
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::store::StoreError;
+
+/// One invalid field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Everything that can go wrong, in the product's words. Use-cases return it; the HTTP
+/// edge turns it into a status and an envelope.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("validation failed")]
+    Validation(Vec<FieldError>),
+    #[error("invalid body: {0}")]
+    InvalidBody(String),
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("invalid or expired token")]
+    InvalidToken,
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("refresh token reused")]
+    RefreshTokenReused,
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    #[error("email not verified")]
+    EmailNotVerified,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("username taken")]
+    UsernameTaken,
+    #[error("email taken")]
+    EmailTaken,
+    #[error("too many requests")]
+    TooManyRequests { retry_after_secs: u64 },
+    #[error("internal error: {0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UsernameTaken => Error::UsernameTaken,
+            StoreError::EmailTaken => Error::EmailTaken,
+            StoreError::NotFound => Error::NotFound("resource"),
+            other => Error::Internal(anyhow::Error::new(other)),
+        }
+    }
+}
+
+impl From<crate::domain::ValidationErrors> for Error {
+    fn from(e: crate::domain::ValidationErrors) -> Self {
+        Error::Validation(e.0)
+    }
+}
+
+/// What a failed response carries until [`envelope`] renders it with the request's details.
+#[derive(Debug, Clone)]
+pub struct ErrorParts {
+    pub code: &'static str,
+    pub message: String,
+    pub details: Vec<FieldError>,
+}
+
+impl Error {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Validation(_) | Error::InvalidBody(_) | Error::InvalidToken => {
+                StatusCode::BAD_REQUEST
+            }
+            Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Unauthorized | Error::InvalidCredentials | Error::RefreshTokenReused => {
+                StatusCode::UNAUTHORIZED
+            }
+            Error::Forbidden(_) | Error::EmailNotVerified => StatusCode::FORBIDDEN,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::UsernameTaken | Error::EmailTaken => StatusCode::CONFLICT,
+            Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn parts(&self) -> ErrorParts {
+        let (code, message) = match self {
+            Error::Validation(_) => ("validation_failed", "The request is not valid.".into()),
+            Error::InvalidBody(why) => (
+                "invalid_body",
+                format!("The request body is not valid JSON for this route: {why}"),
+            ),
+            Error::UnsupportedMediaType => (
+                "unsupported_media_type",
+                "Expected a body with Content-Type: application/json.".into(),
+            ),
+            Error::PayloadTooLarge => {
+                ("payload_too_large", "The request body is too large.".into())
+            }
+            Error::InvalidToken => (
+                "invalid_token",
+                "The token is invalid, used or expired.".into(),
+            ),
+            Error::Unauthorized => ("unauthorized", "Authentication is required.".into()),
+            Error::InvalidCredentials => (
+                "invalid_credentials",
+                "Invalid username or password.".into(),
+            ),
+            Error::RefreshTokenReused => (
+                "refresh_token_reused",
+                "This refresh token was already used; the session has been revoked.".into(),
+            ),
+            Error::Forbidden(why) => ("forbidden", (*why).to_owned()),
+            Error::EmailNotVerified => (
+                "email_not_verified",
+                "The email address of this account is not verified yet.".into(),
+            ),
+            Error::NotFound(what) => ("not_found", format!("{} not found.", capitalize(what))),
+            Error::UsernameTaken => ("username_taken", "This username is already taken.".into()),
+            Error::EmailTaken => (
+                "email_taken",
+                "An account with this email already exists.".into(),
+            ),
+            Error::TooManyRequests { .. } => (
+                "too_many_requests",
+                "Too many requests; try again later.".into(),
+            ),
+            Error::Internal(_) => ("internal_error", "An internal error occurred.".into()),
+        };
+        let details = match self {
+            Error::Validation(details) => details.clone(),
+            _ => Vec::new(),
+        };
+        ErrorParts {
+            code,
+            message,
+            details,
+        }
+    }
+}
+
+fn capitalize(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        if let Error::Internal(cause) = &self {
+            tracing::error!(error = format!("{cause:#}"), "request failed");
+        }
+        let mut response = self.status().into_response();
+        if let Error::TooManyRequests { retry_after_secs } = self {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs.max(1)),
+            );
+        }
+        response.extensions_mut().insert(self.parts());
+        response
+    }
+}
+
+/// The envelope of every non-2xx answer (SPEC §4).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    #[schema(example = 401)]
+    pub status: u16,
+    #[schema(example = "invalid_credentials")]
+    pub code: String,
+    pub message: String,
+    pub details: Vec<FieldError>,
+    pub timestamp: String,
+    pub path: String,
+    pub method: String,
+    pub request_id: String,
+}
+
+/// Middleware: renders every error answer — ours, axum's and tower-http's — as the envelope.
+pub async fn envelope(request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_owned();
+    let method = request.method().to_string();
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let parts = match response.extensions().get::<ErrorParts>() {
+        Some(parts) => parts.clone(),
+        None => generic_parts(status, &path),
+    };
+    let (mut head, _) = response.into_parts();
+    let body = ErrorEnvelope {
+        error: ErrorBody {
+            status: status.as_u16(),
+            code: parts.code.to_owned(),
+            message: parts.message,
+            details: parts.details,
+            timestamp: crate::time::rfc3339(crate::time::now()),
+            path,
+            method,
+            request_id,
+        },
+    };
+    let json = serde_json::to_vec(&body).unwrap_or_default();
+    head.headers.remove(header::CONTENT_LENGTH);
+    head.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(head, axum::body::Body::from(json))
+}
+
+/// Error answers produced outside our handlers: unknown routes, wrong methods, limits.
+fn generic_parts(status: StatusCode, path: &str) -> ErrorParts {
+    let (code, message) = match status {
+        StatusCode::NOT_FOUND => ("not_found", format!("Route \"{path}\" not found")),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "This method is not allowed on this route.".into(),
+        ),
+        StatusCode::REQUEST_TIMEOUT => ("request_timeout", "The request took too long.".into()),
+        StatusCode::PAYLOAD_TOO_LARGE => Error::PayloadTooLarge.parts_pair(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => Error::UnsupportedMediaType.parts_pair(),
+        StatusCode::UNAUTHORIZED => Error::Unauthorized.parts_pair(),
+        StatusCode::FORBIDDEN => ("forbidden", "Forbidden.".into()),
+        StatusCode::TOO_MANY_REQUESTS => (
+            "too_many_requests",
+            "Too many requests; try again later.".into(),
+        ),
+        s if s.is_server_error() => ("internal_error", "An internal error occurred.".into()),
+        _ => ("bad_request", "The request could not be processed.".into()),
+    };
+    ErrorParts {
+        code,
+        message,
+        details: Vec::new(),
+    }
+}
+
+impl Error {
+    fn parts_pair(&self) -> (&'static str, String) {
+        let p = self.parts();
+        (p.code, p.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_its_documented_status_and_code() {
+        let cases: Vec<(Error, u16, &str)> = vec![
+            (Error::Validation(vec![]), 400, "validation_failed"),
+            (Error::InvalidBody("x".into()), 400, "invalid_body"),
+            (Error::InvalidToken, 400, "invalid_token"),
+            (Error::Unauthorized, 401, "unauthorized"),
+            (Error::InvalidCredentials, 401, "invalid_credentials"),
+            (Error::RefreshTokenReused, 401, "refresh_token_reused"),
+            (Error::Forbidden("no"), 403, "forbidden"),
+            (Error::EmailNotVerified, 403, "email_not_verified"),
+            (Error::NotFound("session"), 404, "not_found"),
+            (Error::UsernameTaken, 409, "username_taken"),
+            (Error::EmailTaken, 409, "email_taken"),
+            (Error::PayloadTooLarge, 413, "payload_too_large"),
+            (Error::UnsupportedMediaType, 415, "unsupported_media_type"),
+            (
+                Error::TooManyRequests {
+                    retry_after_secs: 3,
+                },
+                429,
+                "too_many_requests",
+            ),
+            (
+                Error::Internal(anyhow::anyhow!("db password=hunter2")),
+                500,
+                "internal_error",
+            ),
+        ];
+        for (error, status, code) in cases {
+            assert_eq!(error.status().as_u16(), status, "{error:?}");
+            let parts = error.parts();
+            assert_eq!(parts.code, code);
+            assert!(!parts.message.contains("hunter2"));
+        }
+    }
+
+    #[test]
+    fn unknown_routes_are_named_in_the_message() {
+        let parts = generic_parts(StatusCode::NOT_FOUND, "/api/nope");
+        assert_eq!(parts.code, "not_found");
+        assert_eq!(parts.message, "Route \"/api/nope\" not found");
+    }
+}

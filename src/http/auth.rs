@@ -1,0 +1,225 @@
+//! `/api/auth`: sign-in, the caller's profile, refresh, logout and sessions.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::{ApiJson, AuthUser, Client, SESSION_COOKIE};
+use super::{AppState, MessageResponse, UserView};
+use crate::auth::IssuedTokens;
+use crate::error::{Error, ErrorEnvelope};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(signin))
+        .routes(routes!(me))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(logout_all))
+        .routes(routes!(sessions))
+        .routes(routes!(delete_session))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct SignInRequest {
+    /// Username or email.
+    pub username: Option<String>,
+    /// Accepted in place of `username`.
+    pub email: Option<String>,
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SignInResponse {
+    #[schema(example = "Login successful!")]
+    pub message: String,
+    /// HS256 access token.
+    pub token: String,
+    #[schema(example = "Bearer")]
+    pub token_type: String,
+    /// Seconds until `token` expires.
+    pub expires_in: u64,
+    pub refresh_token: String,
+    pub user: UserView,
+    /// The old service's flat fields.
+    #[serde(rename = "userId")]
+    pub user_id: String,
+    pub username: String,
+    pub email: String,
+    pub name: String,
+    pub role: crate::store::Role,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionView {
+    pub id: String,
+    pub created_at: String,
+    pub last_used_at: String,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// Whether this is the session making the request.
+    pub current: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionsResponse {
+    pub sessions: Vec<SessionView>,
+}
+
+fn session_cookie(state: &AppState, value: &str, max_age_secs: u64) -> HeaderValue {
+    let secure = if state.config.is_production() {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{SESSION_COOKIE}={value}; HttpOnly; SameSite=Lax; Path=/; Max-Age={max_age_secs}{secure}"
+    );
+    HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn signed_in(state: &AppState, tokens: IssuedTokens, message: &str) -> Response {
+    let user = UserView::from(&tokens.user);
+    let cookie = session_cookie(
+        state,
+        &tokens.session_cookie,
+        state.config.refresh_token_ttl.as_secs(),
+    );
+    let body = SignInResponse {
+        message: message.to_owned(),
+        token: tokens.access_token,
+        token_type: "Bearer".into(),
+        expires_in: tokens.expires_in,
+        refresh_token: tokens.refresh_token,
+        user_id: user.id.clone(),
+        username: user.username.clone(),
+        email: user.email.clone(),
+        name: user.name.clone(),
+        role: user.role,
+        user,
+    };
+    ([(header::SET_COOKIE, cookie)], Json(body)).into_response()
+}
+
+/// Sign in with username (or email) and password.
+#[utoipa::path(post, path = "/signin", tag = "auth", request_body = SignInRequest,
+    responses(
+        (status = 200, description = "Signed in; also sets the `auth.sid` cookie", body = SignInResponse),
+        (status = 400, body = ErrorEnvelope), (status = 401, description = "invalid_credentials", body = ErrorEnvelope),
+        (status = 403, description = "email_not_verified", body = ErrorEnvelope)))]
+async fn signin(
+    State(state): State<AppState>,
+    Client(client): Client,
+    ApiJson(body): ApiJson<SignInRequest>,
+) -> Result<Response, Error> {
+    let identifier = body.username.or(body.email).unwrap_or_default();
+    let tokens = state
+        .auth
+        .sign_in(&identifier, body.password, client)
+        .await?;
+    Ok(signed_in(&state, tokens, "Login successful!"))
+}
+
+/// The signed-in user (the old service's profile route).
+#[utoipa::path(get, path = "/me", tag = "auth",
+    responses((status = 200, body = UserView), (status = 401, body = ErrorEnvelope)),
+    security(("bearer" = []), ("cookie" = [])))]
+async fn me(AuthUser(principal): AuthUser) -> Json<UserView> {
+    Json(UserView::from(&principal.user))
+}
+
+/// Exchange a refresh token for new tokens; the old refresh token stops working.
+#[utoipa::path(post, path = "/refresh", tag = "auth", request_body = RefreshRequest,
+    responses((status = 200, body = SignInResponse),
+        (status = 401, description = "unauthorized, or refresh_token_reused (the session is revoked)", body = ErrorEnvelope)))]
+async fn refresh(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<RefreshRequest>,
+) -> Result<Response, Error> {
+    let tokens = state.auth.refresh(body.refresh_token.trim()).await?;
+    Ok(signed_in(&state, tokens, "Token refreshed"))
+}
+
+/// Revoke the current session: its access token, refresh token and cookie stop working.
+#[utoipa::path(post, path = "/logout", tag = "auth",
+    responses((status = 200, body = MessageResponse), (status = 401, body = ErrorEnvelope)),
+    security(("bearer" = []), ("cookie" = [])))]
+async fn logout(
+    State(state): State<AppState>,
+    AuthUser(principal): AuthUser,
+) -> Result<Response, Error> {
+    state.auth.logout(&principal).await?;
+    Ok(logged_out(&state, "Logout successful"))
+}
+
+fn logged_out(state: &AppState, message: &str) -> Response {
+    (
+        [(header::SET_COOKIE, session_cookie(state, "", 0))],
+        Json(MessageResponse {
+            message: message.to_owned(),
+        }),
+    )
+        .into_response()
+}
+
+/// Revoke every session of the signed-in user.
+#[utoipa::path(post, path = "/logout-all", tag = "auth",
+    responses((status = 200, body = MessageResponse), (status = 401, body = ErrorEnvelope)),
+    security(("bearer" = []), ("cookie" = [])))]
+async fn logout_all(
+    State(state): State<AppState>,
+    AuthUser(principal): AuthUser,
+) -> Result<Response, Error> {
+    let n = state.auth.logout_all(&principal).await?;
+    Ok(logged_out(&state, &format!("Logged out of {n} session(s)")))
+}
+
+/// The signed-in user's active sessions.
+#[utoipa::path(get, path = "/sessions", tag = "auth",
+    responses((status = 200, body = SessionsResponse), (status = 401, body = ErrorEnvelope)),
+    security(("bearer" = []), ("cookie" = [])))]
+async fn sessions(
+    State(state): State<AppState>,
+    AuthUser(principal): AuthUser,
+) -> Result<Json<SessionsResponse>, Error> {
+    let sessions = state.auth.sessions(&principal).await?;
+    Ok(Json(SessionsResponse {
+        sessions: sessions
+            .into_iter()
+            .map(|s| SessionView {
+                current: s.id == principal.session_id,
+                id: s.id,
+                created_at: crate::time::rfc3339(s.created_at),
+                last_used_at: crate::time::rfc3339(s.last_used_at),
+                ip: s.ip,
+                user_agent: s.user_agent,
+            })
+            .collect(),
+    }))
+}
+
+/// Revoke one of the signed-in user's sessions.
+#[utoipa::path(delete, path = "/sessions/{id}", tag = "auth",
+    params(("id" = String, Path, description = "Session id")),
+    responses((status = 204), (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)),
+    security(("bearer" = []), ("cookie" = [])))]
+async fn delete_session(
+    State(state): State<AppState>,
+    AuthUser(principal): AuthUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Error> {
+    state.auth.revoke_session(&principal, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,222 @@
+//! The HTTP edge: `router()` merges each route group with the layers every answer goes through.
+
+mod auth;
+pub mod cors;
+mod docs;
+pub mod extract;
+mod users;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{middleware, Json, Router};
+use serde::Serialize;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::store::User;
+use cors::OriginPolicy;
+
+/// Request bodies above this are refused with 413 (SPEC §7).
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// Requests still running after this are answered 408 (SPEC §7).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct AppState {
+    pub auth: Arc<Auth>,
+    pub config: Arc<Config>,
+    pub origins: Arc<OriginPolicy>,
+}
+
+/// A user as the API shows it: no internal ids, no password hash.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserView {
+    /// The account's public id (`user_uid`).
+    pub id: String,
+    pub username: String,
+    pub name: String,
+    pub email: String,
+    pub phone: Option<String>,
+    pub role: crate::store::Role,
+    pub email_verified: bool,
+    pub active: bool,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339, or null before the first sign-in.
+    pub last_login: Option<String>,
+}
+
+impl From<&User> for UserView {
+    fn from(u: &User) -> Self {
+        Self {
+            id: u.uid.clone(),
+            username: u.username.clone(),
+            name: u.name.clone(),
+            email: u.email.clone(),
+            phone: u.phone.clone(),
+            role: u.role,
+            email_verified: u.email_verified,
+            active: u.active,
+            created_at: crate::time::rfc3339(u.created_at),
+            last_login: u.last_login.map(crate::time::rfc3339),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageResponse {
+    pub message: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusResponse {
+    #[schema(example = "ok")]
+    pub status: String,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Auth Flow",
+        description = "Accounts, sign-in, JWT access tokens with refresh and revocation, sessions."
+    ),
+    components(schemas(crate::error::ErrorEnvelope)),
+    modifiers(&SecuritySchemes)
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(extract::SESSION_COOKIE))),
+        );
+    }
+}
+
+/// `GET /health`: the process is up.
+#[utoipa::path(get, path = "/health", tag = "service",
+    responses((status = 200, body = StatusResponse)))]
+async fn health() -> Json<StatusResponse> {
+    Json(StatusResponse {
+        status: "ok".into(),
+    })
+}
+
+/// `GET /ready`: the database answers.
+#[utoipa::path(get, path = "/ready", tag = "service",
+    responses((status = 200, body = StatusResponse), (status = 503, body = crate::error::ErrorEnvelope)))]
+async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    let ping = tokio::time::timeout(Duration::from_secs(2), state.auth.store().ping()).await;
+    match ping {
+        Ok(Ok(())) => health().await.into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+/// The OpenAPI document of every route, generated from the handlers' annotations.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router().split_for_parts().1
+}
+
+fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .nest("/api/auth", auth::router())
+        .nest("/api/users", users::router())
+}
+
+pub fn router(state: AppState) -> Router {
+    let (api, openapi) = api_router().split_for_parts();
+    let production = state.config.is_production();
+    let cors = state.origins.cors_layer();
+    let app = api.merge(docs::router(openapi)).with_state(state);
+
+    let x_request_id = HeaderName::from_static("x-request-id");
+    let headers = ServiceBuilder::new()
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+            ),
+        ))
+        // Every API answer carries tokens or user data, or could: none may be cached.
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::STRICT_TRANSPORT_SECURITY,
+            production.then(|| HeaderValue::from_static("max-age=31536000; includeSubDomains")),
+        ));
+
+    app.layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(x_request_id.clone(), MakeRequestUuid))
+            .layer(
+                TraceLayer::new_for_http()
+                    // The path only: query strings can carry tokens (verification links).
+                    .make_span_with(|req: &Request| {
+                        let id = req
+                            .headers()
+                            .get("x-request-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default();
+                        tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                    })
+                    .on_response(DefaultOnResponse::new().level(Level::INFO)),
+            )
+            .layer(PropagateRequestIdLayer::new(x_request_id))
+            .layer(headers)
+            .layer(cors)
+            .layer(middleware::from_fn(crate::error::envelope))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                REQUEST_TIMEOUT,
+            ))
+            .layer(DefaultBodyLimit::max(BODY_LIMIT)),
+    )
+}

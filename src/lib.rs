@@ -1,0 +1,20 @@
+//! Auth Flow: a self-hosted authentication service.
+
+/// `App::build` and the server loop.
+pub mod app;
+/// Use-cases: accounts, sign-in, tokens, sessions; password hashing; JWT.
+pub mod auth;
+/// Configuration from the environment (SPEC §2).
+pub mod config;
+/// Validated input types.
+pub mod domain;
+/// The error type and its JSON envelope.
+pub mod error;
+/// Client IP resolution.
+pub mod geo;
+/// Routes, extractors and layers.
+pub mod http;
+/// Storage backends behind `trait Store`.
+pub mod store;
+/// The service's clock.
+pub mod time;

@@ -1,0 +1,479 @@
+//! `PgStore`: the production store, on the old service's schema plus our additions.
+
+use async_trait::async_trait;
+use chrono::NaiveDateTime;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
+use sqlx::{PgPool, Postgres, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::{
+    Credentials, NewSession, NewUser, ProfileChange, RefreshOutcome, Role, Rotation, Session,
+    SessionUser, Store, StoreError, User,
+};
+use crate::time::Timestamp;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+/// The old tables keep `TIMESTAMP` (no zone) columns; every connection runs in UTC so that
+/// they hold UTC, and we convert at this edge.
+const USER_COLUMNS: &str = "u.user_db_id::BIGINT AS db_id, u.user_uid, u.username, u.full_name, \
+     u.email, u.phone, r.name AS role_name, COALESCE(u.email_verified, FALSE) AS email_verified, \
+     COALESCE(u.active, TRUE) AS active, u.created_at, u.last_login";
+
+const SESSION_COLUMNS: &str = "s.session_id, s.created_at AS session_created_at, \
+     s.last_used_at AS session_last_used_at, s.expires_at AS session_expires_at, \
+     s.ip_address AS session_ip, s.user_agent AS session_user_agent";
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    db_id: i64,
+    user_uid: String,
+    username: String,
+    full_name: String,
+    email: String,
+    phone: Option<String>,
+    role_name: Option<String>,
+    email_verified: bool,
+    active: bool,
+    created_at: NaiveDateTime,
+    last_login: Option<NaiveDateTime>,
+}
+
+impl From<UserRow> for User {
+    fn from(r: UserRow) -> Self {
+        User {
+            db_id: r.db_id,
+            uid: r.user_uid,
+            username: r.username,
+            name: r.full_name,
+            email: r.email,
+            phone: r.phone,
+            role: Role::from_name(r.role_name.as_deref()),
+            email_verified: r.email_verified,
+            active: r.active,
+            created_at: r.created_at.and_utc(),
+            last_login: r.last_login.map(|t| t.and_utc()),
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct CredentialsRow {
+    #[sqlx(flatten)]
+    user: UserRow,
+    password: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct SessionRow {
+    session_id: String,
+    session_created_at: Timestamp,
+    session_last_used_at: Timestamp,
+    session_expires_at: Timestamp,
+    session_ip: Option<String>,
+    session_user_agent: Option<String>,
+}
+
+impl From<SessionRow> for Session {
+    fn from(r: SessionRow) -> Self {
+        Session {
+            id: r.session_id,
+            created_at: r.session_created_at,
+            last_used_at: r.session_last_used_at,
+            expires_at: r.session_expires_at,
+            ip: r.session_ip,
+            user_agent: r.session_user_agent,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct SessionUserRow {
+    #[sqlx(flatten)]
+    session: SessionRow,
+    #[sqlx(flatten)]
+    user: UserRow,
+}
+
+impl From<SessionUserRow> for SessionUser {
+    fn from(r: SessionUserRow) -> Self {
+        SessionUser {
+            session: r.session.into(),
+            user: r.user.into(),
+        }
+    }
+}
+
+fn naive(t: Timestamp) -> NaiveDateTime {
+    t.naive_utc()
+}
+
+/// Unique violations become the conflict they mean; everything else stays a database error.
+fn conflict(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &e {
+        if db.is_unique_violation() {
+            let constraint = db.constraint().unwrap_or_default();
+            if constraint.contains("username") {
+                return StoreError::UsernameTaken;
+            }
+            if constraint.contains("email") {
+                return StoreError::EmailTaken;
+            }
+        }
+    }
+    StoreError::Database(e)
+}
+
+impl PgStore {
+    pub async fn connect(url: &str, ca_pem: Option<&str>) -> Result<Self, StoreError> {
+        let mut options = PgConnectOptions::from_str(url)?.options([("timezone", "UTC")]);
+        if let Some(pem) = ca_pem {
+            options = options
+                .ssl_mode(PgSslMode::VerifyFull)
+                .ssl_root_cert_from_pem(pem.as_bytes().to_vec());
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn session_where(
+        &self,
+        condition: &str,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<Option<SessionUser>, StoreError> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS}, {USER_COLUMNS} FROM auth_sessions s \
+             JOIN users u ON u.user_db_id = s.user_id LEFT JOIN roles r ON r.role_id = u.role_id \
+             WHERE {condition} = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 \
+             AND COALESCE(u.active, TRUE)"
+        );
+        let row: Option<SessionUserRow> = sqlx::query_as(&sql)
+            .bind(key)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(Into::into))
+    }
+
+    async fn user_by_id(
+        tx: &mut Transaction<'_, Postgres>,
+        user_db_id: i64,
+    ) -> Result<User, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users u LEFT JOIN roles r ON r.role_id = u.role_id \
+             WHERE u.user_db_id = $1"
+        );
+        let row: Option<UserRow> = sqlx::query_as(&sql)
+            .bind(user_db_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        row.map(Into::into).ok_or(StoreError::NotFound)
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_user(&self, user: &NewUser) -> Result<User, StoreError> {
+        let (db_id,): (i64,) = sqlx::query_as(
+            "INSERT INTO users (user_uid, full_name, email, phone, password, username, role_id, \
+             created_at, email_verified, active) \
+             VALUES ($1, $2, $3, $4, $5, $6, (SELECT role_id FROM roles WHERE name = $7), $8, FALSE, TRUE) \
+             RETURNING user_db_id::BIGINT",
+        )
+        .bind(&user.uid)
+        .bind(&user.name)
+        .bind(&user.email)
+        .bind(&user.phone)
+        .bind(&user.password_hash)
+        .bind(&user.username)
+        .bind(user.role.as_str())
+        .bind(naive(user.now))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(conflict)?;
+        Ok(User {
+            db_id,
+            uid: user.uid.clone(),
+            username: user.username.clone(),
+            name: user.name.clone(),
+            email: user.email.clone(),
+            phone: user.phone.clone(),
+            role: user.role,
+            email_verified: false,
+            active: true,
+            created_at: user.now,
+            last_login: None,
+        })
+    }
+
+    async fn find_credentials(&self, identifier: &str) -> Result<Option<Credentials>, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS}, u.password FROM users u LEFT JOIN roles r ON r.role_id = u.role_id \
+             WHERE lower(u.username) = $1 OR lower(u.email) = $1 LIMIT 1"
+        );
+        let row: Option<CredentialsRow> = sqlx::query_as(&sql)
+            .bind(identifier)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| Credentials {
+            user: r.user.into(),
+            password_hash: r.password,
+        }))
+    }
+
+    async fn credentials_by_id(&self, user_db_id: i64) -> Result<Option<Credentials>, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS}, u.password FROM users u LEFT JOIN roles r ON r.role_id = u.role_id \
+             WHERE u.user_db_id = $1"
+        );
+        let row: Option<CredentialsRow> = sqlx::query_as(&sql)
+            .bind(user_db_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| Credentials {
+            user: r.user.into(),
+            password_hash: r.password,
+        }))
+    }
+
+    async fn set_password_hash(&self, user_db_id: i64, hash: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE users SET password = $2 WHERE user_db_id = $1")
+            .bind(user_db_id)
+            .bind(hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn update_profile(
+        &self,
+        user_db_id: i64,
+        change: &ProfileChange,
+    ) -> Result<User, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE users SET full_name = COALESCE($2, full_name), \
+             phone = CASE WHEN $3 THEN $4 ELSE phone END WHERE user_db_id = $1",
+        )
+        .bind(user_db_id)
+        .bind(&change.name)
+        .bind(change.phone.is_some())
+        .bind(change.phone.clone().flatten())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let user = Self::user_by_id(&mut tx, user_db_id).await?;
+        tx.commit().await?;
+        Ok(user)
+    }
+
+    async fn delete_user(&self, user_db_id: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Sign-in attempts are keyed by the identifier as typed, not by the account.
+        sqlx::query(
+            "DELETE FROM login_attempts WHERE email_or_username IN \
+             (SELECT lower(username) FROM users WHERE user_db_id = $1 \
+              UNION SELECT lower(email) FROM users WHERE user_db_id = $1)",
+        )
+        .bind(user_db_id)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query("DELETE FROM users WHERE user_db_id = $1")
+            .bind(user_db_id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn start_session(&self, s: &NewSession) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO auth_sessions (session_id, user_id, cookie_hash, created_at, last_used_at, \
+             expires_at, ip_address, user_agent) VALUES ($1, $2, $3, $4, $4, $5, $6, $7)",
+        )
+        .bind(&s.id)
+        .bind(s.user_db_id)
+        .bind(&s.cookie_hash)
+        .bind(s.now)
+        .bind(s.expires_at)
+        .bind(&s.ip)
+        .bind(&s.user_agent)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(&s.refresh_hash)
+        .bind(&s.id)
+        .bind(s.now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE users SET last_login = $2 WHERE user_db_id = $1")
+            .bind(s.user_db_id)
+            .bind(naive(s.now))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn session_by_id(
+        &self,
+        session_id: &str,
+        now: Timestamp,
+    ) -> Result<Option<SessionUser>, StoreError> {
+        self.session_where("s.session_id", session_id, now).await
+    }
+
+    async fn session_by_cookie(
+        &self,
+        cookie_hash: &str,
+        now: Timestamp,
+    ) -> Result<Option<SessionUser>, StoreError> {
+        self.session_where("s.cookie_hash", cookie_hash, now).await
+    }
+
+    async fn rotate_refresh_token(&self, r: &Rotation) -> Result<RefreshOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The row lock makes this the single point where one of two concurrent uses wins.
+        let claimed: Option<(String,)> = sqlx::query_as(
+            "UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL \
+             RETURNING session_id",
+        )
+        .bind(&r.old_refresh_hash)
+        .bind(r.now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((session_id,)) = claimed else {
+            let used: Option<(String,)> =
+                sqlx::query_as("SELECT session_id FROM refresh_tokens WHERE token_hash = $1")
+                    .bind(&r.old_refresh_hash)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some((session_id,)) = used else {
+                return Ok(RefreshOutcome::Invalid);
+            };
+            sqlx::query(
+                "UPDATE auth_sessions SET revoked_at = $2 WHERE session_id = $1 AND revoked_at IS NULL",
+            )
+            .bind(&session_id)
+            .bind(r.now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(RefreshOutcome::Reused);
+        };
+        let sql = format!(
+            "UPDATE auth_sessions s SET cookie_hash = $2, last_used_at = $3, expires_at = $4 \
+             FROM users u LEFT JOIN roles r ON r.role_id = u.role_id \
+             WHERE s.session_id = $1 AND u.user_db_id = s.user_id AND s.revoked_at IS NULL \
+             AND s.expires_at > $3 AND COALESCE(u.active, TRUE) \
+             RETURNING {SESSION_COLUMNS}, {USER_COLUMNS}"
+        );
+        let row: Option<SessionUserRow> = sqlx::query_as(&sql)
+            .bind(&session_id)
+            .bind(&r.new_cookie_hash)
+            .bind(r.now)
+            .bind(r.expires_at)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(RefreshOutcome::Invalid);
+        };
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(&r.new_refresh_hash)
+        .bind(&session_id)
+        .bind(r.now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(RefreshOutcome::Rotated(row.into()))
+    }
+
+    async fn touch_session(&self, session_id: &str, now: Timestamp) -> Result<(), StoreError> {
+        sqlx::query("UPDATE auth_sessions SET last_used_at = $2 WHERE session_id = $1 AND last_used_at < $2")
+            .bind(session_id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn list_sessions(
+        &self,
+        user_db_id: i64,
+        now: Timestamp,
+    ) -> Result<Vec<Session>, StoreError> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM auth_sessions s WHERE s.user_id = $1 \
+             AND s.revoked_at IS NULL AND s.expires_at > $2 ORDER BY s.created_at DESC"
+        );
+        let rows: Vec<SessionRow> = sqlx::query_as(&sql)
+            .bind(user_db_id)
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn revoke_session(
+        &self,
+        user_db_id: i64,
+        session_id: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE auth_sessions SET revoked_at = $3 WHERE user_id = $1 AND session_id = $2 \
+             AND revoked_at IS NULL AND expires_at > $3",
+        )
+        .bind(user_db_id)
+        .bind(session_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn revoke_all_sessions(
+        &self,
+        user_db_id: i64,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE auth_sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(user_db_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}

@@ -1,0 +1,12 @@
+//! The one integration-test binary: every behaviour runs against a real server, once on
+//! SQLite and once on PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+
+mod accounts;
+mod embedded;
+mod legacy;
+mod service;
+mod sessions;
+mod signin;

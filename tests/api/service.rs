@@ -1,0 +1,204 @@
+//! The edges: health, errors for bad requests, headers, the API description.
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::both_backends;
+use crate::helpers::{assert_error, Backend, TestApp};
+
+both_backends!(
+    health_and_readiness,
+    malformed_requests_get_the_envelope,
+    security_headers_and_cors,
+    openapi_describes_every_route,
+);
+
+async fn health_and_readiness(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    for path in ["/health", "/ready"] {
+        let r = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["status"], "ok");
+    }
+}
+
+async fn malformed_requests_get_the_envelope(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let r = app.client.get(app.url("/api/nope")).send().await.unwrap();
+    let e = assert_error(r, 404, "not_found").await;
+    assert_eq!(e["message"], "Route \"/api/nope\" not found");
+    assert_eq!(e["method"], "GET");
+
+    let r = app
+        .client
+        .get(app.url("/api/auth/signin"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 405, "method_not_allowed").await;
+
+    let signin = app.url("/api/auth/signin");
+    let r = app
+        .client
+        .post(&signin)
+        .header("content-type", "application/json")
+        .body("{\"username\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "invalid_body").await;
+    let r = app
+        .client
+        .post(&signin)
+        .header("content-type", "application/json")
+        .body(r#"{"username": "a", "username": "b", "password": "x"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "invalid_body").await;
+    let r = app
+        .client
+        .post(&signin)
+        .json(&json!({"username": 42, "password": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "invalid_body").await;
+    let r = app
+        .client
+        .post(&signin)
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 415, "unsupported_media_type").await;
+    let huge = json!({"username": "a", "password": "x".repeat(70 * 1024)});
+    let r = app.client.post(&signin).json(&huge).send().await.unwrap();
+    assert_error(r, 413, "payload_too_large").await;
+    let r = app
+        .request(
+            Method::DELETE,
+            "/api/auth/sessions/not-a-session",
+            Some("x"),
+            None,
+        )
+        .await;
+    assert_error(r, 401, "unauthorized").await;
+}
+
+async fn security_headers_and_cors(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let r = app
+        .client
+        .get(app.url("/health"))
+        .header("origin", "http://localhost:3000")
+        .send()
+        .await
+        .unwrap();
+    let h = r.headers();
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    assert!(h["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("default-src 'none'"));
+    assert_eq!(h["cache-control"], "no-store");
+    assert!(
+        h.get("strict-transport-security").is_none(),
+        "no HSTS in development"
+    );
+    assert_eq!(h["access-control-allow-origin"], "http://localhost:3000");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert!(h.get("x-request-id").is_some());
+
+    let r = app
+        .client
+        .get(app.url("/health"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    let r = app
+        .client
+        .request(Method::OPTIONS, app.url("/api/auth/signin"))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().as_u16() < 500);
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+}
+
+async fn openapi_describes_every_route(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let doc: Value = app
+        .client
+        .get(app.url("/api/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let expected = [
+        ("post", "/api/users/create-account"),
+        ("get", "/api/users/me"),
+        ("patch", "/api/users/me"),
+        ("delete", "/api/users/me"),
+        ("post", "/api/auth/signin"),
+        ("get", "/api/auth/me"),
+        ("post", "/api/auth/refresh"),
+        ("post", "/api/auth/logout"),
+        ("post", "/api/auth/logout-all"),
+        ("get", "/api/auth/sessions"),
+        ("delete", "/api/auth/sessions/{id}"),
+        ("get", "/health"),
+        ("get", "/ready"),
+    ];
+    for (method, path) in expected {
+        let op = &doc["paths"][path][method];
+        assert!(
+            op.is_object(),
+            "{method} {path} missing from the OpenAPI document"
+        );
+        assert!(op["responses"].is_object());
+    }
+    let signin = &doc["paths"]["/api/auth/signin"]["post"];
+    assert!(signin["requestBody"]["content"]["application/json"]["schema"].is_object());
+    for schema in [
+        "SignInRequest",
+        "SignInResponse",
+        "UserView",
+        "ErrorEnvelope",
+        "CreateAccountRequest",
+    ] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "schema {schema}"
+        );
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    let page = app.client.get(app.url("/api/docs")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let html = page.text().await.unwrap();
+    assert!(html.contains("/api/auth/refresh") && html.contains("/api/users/create-account"));
+}
