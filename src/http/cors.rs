@@ -36,7 +36,7 @@ impl OriginPolicy {
 
     pub fn allows(&self, origin: &str) -> bool {
         let origin = origin.trim_end_matches('/').to_ascii_lowercase();
-        if self.exact.iter().any(|o| *o == origin) {
+        if self.exact.contains(&origin) {
             return true;
         }
         if self.wildcards.iter().any(|(scheme, suffix)| {

@@ -415,7 +415,7 @@ impl Store for PgStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(RefreshOutcome::Rotated(row.into()))
+        Ok(RefreshOutcome::Rotated(Box::new(row.into())))
     }
 
     async fn touch_session(&self, session_id: &str, now: Timestamp) -> Result<(), StoreError> {

@@ -23,7 +23,7 @@ struct Server {
 
 impl Server {
     async fn start(dir: &Path, port: u16) -> Server {
-        let child = Command::new(env!("CARGO_BIN_EXE_authflow"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_authflow"))
             .current_dir(dir)
             .env_clear()
             .env("APP_HOST", "127.0.0.1")
@@ -40,11 +40,13 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("authflow did not start");
     }
 
     /// SIGTERM, and the process must exit 0.
-    fn stop(mut self) {
+    fn stop(&mut self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -55,11 +57,19 @@ impl Server {
     }
 }
 
+impl Drop for Server {
+    /// A failed test must not leave the server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bare_folder_is_all_it_needs_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let server = Server::start(dir.path(), port).await;
+    let mut server = Server::start(dir.path(), port).await;
     let client = reqwest::Client::new();
     let url = |path: &str| format!("{}{path}", server.base);
 
@@ -119,7 +129,7 @@ async fn a_bare_folder_is_all_it_needs_and_survives_a_restart() {
     }
 
     // Same folder, new process: the account and a token issued before are still good.
-    let server = Server::start(dir.path(), port).await;
+    let mut server = Server::start(dir.path(), port).await;
     let url = |path: &str| format!("{}{path}", server.base);
     let me = client
         .get(url("/api/auth/me"))

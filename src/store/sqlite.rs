@@ -1,0 +1,859 @@
+//! `SqliteStore`: the embedded default store, the same schema and behaviour as `PgStore`.
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Executor, Sqlite, SqlitePool, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::{
+    Credentials, NewSession, NewUser, ProfileChange, RefreshOutcome, Role, Rotation, Session,
+    SessionUser, Store, StoreError, User,
+};
+use crate::time::Timestamp;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+/// Timestamps are TEXT in the RFC 3339 form sqlx writes for `DateTime<Utc>` (always `+00:00`,
+/// 0, 3, 6 or 9 fraction digits), which sorts as the instants do: comparing the text in SQL is
+/// comparing the times.
+const USER_COLUMNS: &str = "u.user_db_id AS db_id, u.user_uid, u.username, u.full_name, \
+     u.email, u.phone, r.name AS role_name, COALESCE(u.email_verified, FALSE) AS email_verified, \
+     COALESCE(u.active, TRUE) AS active, u.created_at, u.last_login";
+
+const SESSION_COLUMNS: &str = "s.session_id, s.created_at AS session_created_at, \
+     s.last_used_at AS session_last_used_at, s.expires_at AS session_expires_at, \
+     s.ip_address AS session_ip, s.user_agent AS session_user_agent";
+
+/// Under WAL a deferred transaction that reads before it writes fails with SQLITE_BUSY
+/// (no busy-handler retry) when another writer committed in between; taking the write lock
+/// up front makes writers queue on `busy_timeout` instead.
+const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    db_id: i64,
+    user_uid: String,
+    username: String,
+    full_name: String,
+    email: String,
+    phone: Option<String>,
+    role_name: Option<String>,
+    email_verified: bool,
+    active: bool,
+    created_at: Timestamp,
+    last_login: Option<Timestamp>,
+}
+
+impl From<UserRow> for User {
+    fn from(r: UserRow) -> Self {
+        User {
+            db_id: r.db_id,
+            uid: r.user_uid,
+            username: r.username,
+            name: r.full_name,
+            email: r.email,
+            phone: r.phone,
+            role: Role::from_name(r.role_name.as_deref()),
+            email_verified: r.email_verified,
+            active: r.active,
+            created_at: r.created_at,
+            last_login: r.last_login,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct CredentialsRow {
+    #[sqlx(flatten)]
+    user: UserRow,
+    password: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct SessionRow {
+    session_id: String,
+    session_created_at: Timestamp,
+    session_last_used_at: Timestamp,
+    session_expires_at: Timestamp,
+    session_ip: Option<String>,
+    session_user_agent: Option<String>,
+}
+
+impl From<SessionRow> for Session {
+    fn from(r: SessionRow) -> Self {
+        Session {
+            id: r.session_id,
+            created_at: r.session_created_at,
+            last_used_at: r.session_last_used_at,
+            expires_at: r.session_expires_at,
+            ip: r.session_ip,
+            user_agent: r.session_user_agent,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct SessionUserRow {
+    #[sqlx(flatten)]
+    session: SessionRow,
+    #[sqlx(flatten)]
+    user: UserRow,
+}
+
+impl From<SessionUserRow> for SessionUser {
+    fn from(r: SessionUserRow) -> Self {
+        SessionUser {
+            session: r.session.into(),
+            user: r.user.into(),
+        }
+    }
+}
+
+/// Unique violations become the conflict they mean; everything else stays a database error.
+/// SQLite names no constraint, only the message does: `UNIQUE constraint failed: index
+/// 'users_username_lower_key'` (or `users.username` for a column constraint).
+fn conflict(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &e {
+        if db.is_unique_violation() {
+            let message = db.message();
+            if message.contains("username") {
+                return StoreError::UsernameTaken;
+            }
+            if message.contains("email") {
+                return StoreError::EmailTaken;
+            }
+        }
+    }
+    StoreError::Database(e)
+}
+
+impl SqliteStore {
+    /// `sqlite://relative/path.db`, `sqlite:///absolute/path.db` or `sqlite:path.db`; the
+    /// file and its folder are created if missing.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        if let Some(folder) = options.get_filename().parent() {
+            if !folder.as_os_str().is_empty() && !folder.exists() {
+                std::fs::create_dir_all(folder).map_err(|e| {
+                    StoreError::Setup(format!("cannot create {}: {e}", folder.display()))
+                })?;
+            }
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.pool.begin_with(BEGIN_WRITE).await?)
+    }
+
+    async fn session_where(
+        &self,
+        condition: &str,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<Option<SessionUser>, StoreError> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS}, {USER_COLUMNS} FROM auth_sessions s \
+             JOIN users u ON u.user_db_id = s.user_id LEFT JOIN roles r ON r.role_id = u.role_id \
+             WHERE {condition} = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 \
+             AND COALESCE(u.active, TRUE)"
+        );
+        let row: Option<SessionUserRow> = sqlx::query_as(&sql)
+            .bind(key)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(Into::into))
+    }
+
+    async fn user_by_id(
+        tx: &mut Transaction<'_, Sqlite>,
+        user_db_id: i64,
+    ) -> Result<User, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users u LEFT JOIN roles r ON r.role_id = u.role_id \
+             WHERE u.user_db_id = $1"
+        );
+        let row: Option<UserRow> = sqlx::query_as(&sql)
+            .bind(user_db_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        row.map(Into::into).ok_or(StoreError::NotFound)
+    }
+
+    /// The session with its user, unfiltered: for reading back a row just updated.
+    async fn session_user_by_id<'e, E>(
+        executor: E,
+        session_id: &str,
+    ) -> Result<Option<SessionUserRow>, StoreError>
+    where
+        E: Executor<'e, Database = Sqlite>,
+    {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS}, {USER_COLUMNS} FROM auth_sessions s \
+             JOIN users u ON u.user_db_id = s.user_id LEFT JOIN roles r ON r.role_id = u.role_id \
+             WHERE s.session_id = $1"
+        );
+        Ok(sqlx::query_as(&sql)
+            .bind(session_id)
+            .fetch_optional(executor)
+            .await?)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_user(&self, user: &NewUser) -> Result<User, StoreError> {
+        let (db_id,): (i64,) = sqlx::query_as(
+            "INSERT INTO users (user_uid, full_name, email, phone, password, username, role_id, \
+             created_at, email_verified, active) \
+             VALUES ($1, $2, $3, $4, $5, $6, (SELECT role_id FROM roles WHERE name = $7), $8, FALSE, TRUE) \
+             RETURNING user_db_id",
+        )
+        .bind(&user.uid)
+        .bind(&user.name)
+        .bind(&user.email)
+        .bind(&user.phone)
+        .bind(&user.password_hash)
+        .bind(&user.username)
+        .bind(user.role.as_str())
+        .bind(user.now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(conflict)?;
+        Ok(User {
+            db_id,
+            uid: user.uid.clone(),
+            username: user.username.clone(),
+            name: user.name.clone(),
+            email: user.email.clone(),
+            phone: user.phone.clone(),
+            role: user.role,
+            email_verified: false,
+            active: true,
+            created_at: user.now,
+            last_login: None,
+        })
+    }
+
+    async fn find_credentials(&self, identifier: &str) -> Result<Option<Credentials>, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS}, u.password FROM users u LEFT JOIN roles r ON r.role_id = u.role_id \
+             WHERE lower(u.username) = $1 OR lower(u.email) = $1 LIMIT 1"
+        );
+        let row: Option<CredentialsRow> = sqlx::query_as(&sql)
+            .bind(identifier)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| Credentials {
+            user: r.user.into(),
+            password_hash: r.password,
+        }))
+    }
+
+    async fn credentials_by_id(&self, user_db_id: i64) -> Result<Option<Credentials>, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS}, u.password FROM users u LEFT JOIN roles r ON r.role_id = u.role_id \
+             WHERE u.user_db_id = $1"
+        );
+        let row: Option<CredentialsRow> = sqlx::query_as(&sql)
+            .bind(user_db_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| Credentials {
+            user: r.user.into(),
+            password_hash: r.password,
+        }))
+    }
+
+    async fn set_password_hash(&self, user_db_id: i64, hash: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE users SET password = $2 WHERE user_db_id = $1")
+            .bind(user_db_id)
+            .bind(hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn update_profile(
+        &self,
+        user_db_id: i64,
+        change: &ProfileChange,
+    ) -> Result<User, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE users SET full_name = COALESCE($2, full_name), \
+             phone = CASE WHEN $3 THEN $4 ELSE phone END WHERE user_db_id = $1",
+        )
+        .bind(user_db_id)
+        .bind(&change.name)
+        .bind(change.phone.is_some())
+        .bind(change.phone.clone().flatten())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let user = Self::user_by_id(&mut tx, user_db_id).await?;
+        tx.commit().await?;
+        Ok(user)
+    }
+
+    async fn delete_user(&self, user_db_id: i64) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        // Sign-in attempts are keyed by the identifier as typed, not by the account.
+        sqlx::query(
+            "DELETE FROM login_attempts WHERE email_or_username IN \
+             (SELECT lower(username) FROM users WHERE user_db_id = $1 \
+              UNION SELECT lower(email) FROM users WHERE user_db_id = $1)",
+        )
+        .bind(user_db_id)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query("DELETE FROM users WHERE user_db_id = $1")
+            .bind(user_db_id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn start_session(&self, s: &NewSession) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO auth_sessions (session_id, user_id, cookie_hash, created_at, last_used_at, \
+             expires_at, ip_address, user_agent) VALUES ($1, $2, $3, $4, $4, $5, $6, $7)",
+        )
+        .bind(&s.id)
+        .bind(s.user_db_id)
+        .bind(&s.cookie_hash)
+        .bind(s.now)
+        .bind(s.expires_at)
+        .bind(&s.ip)
+        .bind(&s.user_agent)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(&s.refresh_hash)
+        .bind(&s.id)
+        .bind(s.now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE users SET last_login = $2 WHERE user_db_id = $1")
+            .bind(s.user_db_id)
+            .bind(s.now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn session_by_id(
+        &self,
+        session_id: &str,
+        now: Timestamp,
+    ) -> Result<Option<SessionUser>, StoreError> {
+        self.session_where("s.session_id", session_id, now).await
+    }
+
+    async fn session_by_cookie(
+        &self,
+        cookie_hash: &str,
+        now: Timestamp,
+    ) -> Result<Option<SessionUser>, StoreError> {
+        self.session_where("s.cookie_hash", cookie_hash, now).await
+    }
+
+    async fn rotate_refresh_token(&self, r: &Rotation) -> Result<RefreshOutcome, StoreError> {
+        // BEGIN IMMEDIATE serialises rotations: the first to claim the token wins, every
+        // later one finds it used.
+        let mut tx = self.begin_write().await?;
+        let claimed: Option<(String,)> = sqlx::query_as(
+            "UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL \
+             RETURNING session_id",
+        )
+        .bind(&r.old_refresh_hash)
+        .bind(r.now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((session_id,)) = claimed else {
+            let used: Option<(String,)> =
+                sqlx::query_as("SELECT session_id FROM refresh_tokens WHERE token_hash = $1")
+                    .bind(&r.old_refresh_hash)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some((session_id,)) = used else {
+                return Ok(RefreshOutcome::Invalid);
+            };
+            sqlx::query(
+                "UPDATE auth_sessions SET revoked_at = $2 WHERE session_id = $1 AND revoked_at IS NULL",
+            )
+            .bind(&session_id)
+            .bind(r.now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(RefreshOutcome::Reused);
+        };
+        // SQLite's RETURNING cannot name the FROM tables, so the row is read back after.
+        let done = sqlx::query(
+            "UPDATE auth_sessions AS s SET cookie_hash = $2, last_used_at = $3, expires_at = $4 \
+             FROM users u \
+             WHERE s.session_id = $1 AND u.user_db_id = s.user_id AND s.revoked_at IS NULL \
+             AND s.expires_at > $3 AND COALESCE(u.active, TRUE)",
+        )
+        .bind(&session_id)
+        .bind(&r.new_cookie_hash)
+        .bind(r.now)
+        .bind(r.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            // Dropping the transaction rolls back the claim, as on PostgreSQL.
+            return Ok(RefreshOutcome::Invalid);
+        }
+        let Some(row) = Self::session_user_by_id(&mut *tx, &session_id).await? else {
+            return Ok(RefreshOutcome::Invalid);
+        };
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(&r.new_refresh_hash)
+        .bind(&session_id)
+        .bind(r.now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(RefreshOutcome::Rotated(Box::new(row.into())))
+    }
+
+    async fn touch_session(&self, session_id: &str, now: Timestamp) -> Result<(), StoreError> {
+        sqlx::query("UPDATE auth_sessions SET last_used_at = $2 WHERE session_id = $1 AND last_used_at < $2")
+            .bind(session_id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn list_sessions(
+        &self,
+        user_db_id: i64,
+        now: Timestamp,
+    ) -> Result<Vec<Session>, StoreError> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM auth_sessions s WHERE s.user_id = $1 \
+             AND s.revoked_at IS NULL AND s.expires_at > $2 ORDER BY s.created_at DESC"
+        );
+        let rows: Vec<SessionRow> = sqlx::query_as(&sql)
+            .bind(user_db_id)
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn revoke_session(
+        &self,
+        user_db_id: i64,
+        session_id: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE auth_sessions SET revoked_at = $3 WHERE user_id = $1 AND session_id = $2 \
+             AND revoked_at IS NULL AND expires_at > $3",
+        )
+        .bind(user_db_id)
+        .bind(session_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn revoke_all_sessions(
+        &self,
+        user_db_id: i64,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE auth_sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(user_db_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    async fn store(dir: &tempfile::TempDir) -> SqliteStore {
+        // A missing folder on the way is created too.
+        let url = format!("sqlite://{}", dir.path().join("data/authflow.db").display());
+        SqliteStore::connect(&url).await.unwrap()
+    }
+
+    fn new_user(username: &str, email: &str) -> NewUser {
+        NewUser {
+            uid: uuid::Uuid::new_v4().to_string(),
+            username: username.into(),
+            name: "Test User".into(),
+            email: email.into(),
+            phone: None,
+            password_hash: "hash".into(),
+            role: Role::User,
+            now: crate::time::now(),
+        }
+    }
+
+    fn new_session(user: &User, id: &str, now: Timestamp) -> NewSession {
+        NewSession {
+            id: id.into(),
+            user_db_id: user.db_id,
+            cookie_hash: format!("cookie-{id}"),
+            refresh_hash: format!("refresh-{id}"),
+            ip: Some("127.0.0.1".into()),
+            user_agent: Some("tests".into()),
+            now,
+            expires_at: now + chrono::Duration::days(30),
+        }
+    }
+
+    fn rotation(old: &str, new: &str, now: Timestamp) -> Rotation {
+        Rotation {
+            old_refresh_hash: old.into(),
+            new_refresh_hash: new.into(),
+            new_cookie_hash: format!("cookie-of-{new}"),
+            now,
+            expires_at: now + chrono::Duration::days(30),
+        }
+    }
+
+    #[tokio::test]
+    async fn migrations_run_again_on_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = store(&dir).await;
+        first
+            .create_user(&new_user("alice", "alice@example.com"))
+            .await
+            .unwrap();
+        first.pool().close().await;
+        let second = store(&dir).await;
+        second.ping().await.unwrap();
+        assert!(second.find_credentials("alice").await.unwrap().is_some());
+        let roles: Vec<(String,)> = sqlx::query_as("SELECT name FROM roles ORDER BY name")
+            .fetch_all(second.pool())
+            .await
+            .unwrap();
+        assert_eq!(roles, vec![("admin".to_string(),), ("user".to_string(),)]);
+    }
+
+    #[tokio::test]
+    async fn case_insensitive_conflicts_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        let alice = s
+            .create_user(&new_user("Alice", "alice@example.com"))
+            .await
+            .unwrap();
+        assert_eq!(alice.role, Role::User);
+        let e = s
+            .create_user(&new_user("aLICE", "other@example.com"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::UsernameTaken), "{e:?}");
+        let e = s
+            .create_user(&new_user("bob", "ALICE@example.COM"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::EmailTaken), "{e:?}");
+        // Both found by the lower-cased identifier.
+        let c = s.find_credentials("alice").await.unwrap().unwrap();
+        assert_eq!(c.user.db_id, alice.db_id);
+        assert_eq!(c.user.created_at, alice.created_at);
+        assert_eq!(c.password_hash, "hash");
+        assert!(s
+            .find_credentials("alice@example.com")
+            .await
+            .unwrap()
+            .is_some());
+        let admin = s
+            .create_user(&NewUser {
+                role: Role::Admin,
+                ..new_user("root", "root@example.com")
+            })
+            .await
+            .unwrap();
+        let c = s.credentials_by_id(admin.db_id).await.unwrap().unwrap();
+        assert_eq!(c.user.role, Role::Admin);
+        assert!(c.user.active && !c.user.email_verified);
+    }
+
+    #[tokio::test]
+    async fn profile_change_and_deletion() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        let u = s
+            .create_user(&new_user("carol", "carol@example.com"))
+            .await
+            .unwrap();
+        let changed = s
+            .update_profile(
+                u.db_id,
+                &ProfileChange {
+                    name: Some("Carol C".into()),
+                    phone: Some(Some("+123".into())),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (changed.name.as_str(), changed.phone.as_deref()),
+            ("Carol C", Some("+123"))
+        );
+        let changed = s
+            .update_profile(
+                u.db_id,
+                &ProfileChange {
+                    name: None,
+                    phone: Some(None),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!((changed.name.as_str(), changed.phone), ("Carol C", None));
+        let (updated_at,): (Option<Timestamp>,) =
+            sqlx::query_as("SELECT updated_at FROM users WHERE user_db_id = $1")
+                .bind(u.db_id)
+                .fetch_one(s.pool())
+                .await
+                .unwrap();
+        assert!(updated_at.is_some());
+        assert!(matches!(
+            s.update_profile(u.db_id + 100, &ProfileChange::default())
+                .await,
+            Err(StoreError::NotFound)
+        ));
+
+        s.start_session(&new_session(&u, "s1", crate::time::now()))
+            .await
+            .unwrap();
+        for who in ["carol", "carol@example.com", "someone-else"] {
+            sqlx::query(
+                "INSERT INTO login_attempts (ip_address, email_or_username) VALUES ('1.2.3.4', $1)",
+            )
+            .bind(who)
+            .execute(s.pool())
+            .await
+            .unwrap();
+        }
+        s.delete_user(u.db_id).await.unwrap();
+        let left: Vec<(String,)> = sqlx::query_as("SELECT email_or_username FROM login_attempts")
+            .fetch_all(s.pool())
+            .await
+            .unwrap();
+        assert_eq!(left, vec![("someone-else".to_string(),)]);
+        let (sessions, tokens): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM auth_sessions), (SELECT count(*) FROM refresh_tokens)",
+        )
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+        assert_eq!((sessions, tokens), (0, 0));
+        assert!(matches!(
+            s.delete_user(u.db_id).await,
+            Err(StoreError::NotFound)
+        ));
+    }
+
+    #[tokio::test]
+    async fn sessions_are_found_listed_and_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        let u = s
+            .create_user(&new_user("dave", "dave@example.com"))
+            .await
+            .unwrap();
+        let now = crate::time::now();
+        let ns = new_session(&u, "s1", now);
+        s.start_session(&ns).await.unwrap();
+
+        let by_id = s.session_by_id("s1", now).await.unwrap().unwrap();
+        assert_eq!(by_id.session.id, "s1");
+        assert_eq!(by_id.session.created_at, now);
+        assert_eq!(by_id.session.expires_at, ns.expires_at);
+        assert_eq!(by_id.session.user_agent.as_deref(), Some("tests"));
+        assert_eq!(by_id.user.db_id, u.db_id);
+        assert_eq!(by_id.user.last_login, Some(now));
+        let by_cookie = s
+            .session_by_cookie("cookie-s1", now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(by_cookie.session.id, "s1");
+        assert!(s.session_by_cookie("nope", now).await.unwrap().is_none());
+        // Expired at its end.
+        assert!(s
+            .session_by_id("s1", ns.expires_at)
+            .await
+            .unwrap()
+            .is_none());
+
+        let later = now + chrono::Duration::seconds(5);
+        s.touch_session("s1", later).await.unwrap();
+        s.touch_session("s1", now).await.unwrap(); // never moves back
+        let touched = s.session_by_id("s1", later).await.unwrap().unwrap();
+        assert_eq!(touched.session.last_used_at, later);
+
+        s.start_session(&new_session(&u, "s2", later))
+            .await
+            .unwrap();
+        let ids: Vec<String> = s
+            .list_sessions(u.db_id, later)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|x| x.id)
+            .collect();
+        assert_eq!(ids, vec!["s2", "s1"]);
+        assert!(s.revoke_session(u.db_id, "s1", later).await.unwrap());
+        assert!(!s.revoke_session(u.db_id, "s1", later).await.unwrap());
+        assert!(s.session_by_id("s1", later).await.unwrap().is_none());
+        assert_eq!(s.revoke_all_sessions(u.db_id, later).await.unwrap(), 1);
+        assert!(s.list_sessions(u.db_id, later).await.unwrap().is_empty());
+
+        // An inactive user's sessions do not count.
+        s.start_session(&new_session(&u, "s3", later))
+            .await
+            .unwrap();
+        sqlx::query("UPDATE users SET active = FALSE WHERE user_db_id = $1")
+            .bind(u.db_id)
+            .execute(s.pool())
+            .await
+            .unwrap();
+        assert!(s.session_by_id("s3", later).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn rotation_then_replay_revokes_the_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        let u = s
+            .create_user(&new_user("erin", "erin@example.com"))
+            .await
+            .unwrap();
+        let now = crate::time::now();
+        s.start_session(&new_session(&u, "s1", now)).await.unwrap();
+
+        let later = now + chrono::Duration::seconds(60);
+        let r = rotation("refresh-s1", "r2", later);
+        let RefreshOutcome::Rotated(su) = s.rotate_refresh_token(&r).await.unwrap() else {
+            panic!("expected Rotated");
+        };
+        assert_eq!(su.session.id, "s1");
+        assert_eq!(su.session.last_used_at, later);
+        assert_eq!(su.session.expires_at, r.expires_at);
+        assert_eq!(su.user.db_id, u.db_id);
+        assert!(s
+            .session_by_cookie("cookie-s1", later)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(s
+            .session_by_cookie("cookie-of-r2", later)
+            .await
+            .unwrap()
+            .is_some());
+
+        let replay = s
+            .rotate_refresh_token(&rotation("refresh-s1", "r3", later))
+            .await
+            .unwrap();
+        assert!(matches!(replay, RefreshOutcome::Reused), "{replay:?}");
+        assert!(s.session_by_id("s1", later).await.unwrap().is_none());
+        // The newest token of a revoked session is no good either, and is not spent by trying.
+        let after = s
+            .rotate_refresh_token(&rotation("r2", "r4", later))
+            .await
+            .unwrap();
+        assert!(matches!(after, RefreshOutcome::Invalid), "{after:?}");
+        let (used,): (Option<Timestamp>,) =
+            sqlx::query_as("SELECT used_at FROM refresh_tokens WHERE token_hash = 'r2'")
+                .fetch_one(s.pool())
+                .await
+                .unwrap();
+        assert!(used.is_none());
+        let unknown = s
+            .rotate_refresh_token(&rotation("unknown", "r5", later))
+            .await
+            .unwrap();
+        assert!(matches!(unknown, RefreshOutcome::Invalid), "{unknown:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_rotations_of_one_token_have_one_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(store(&dir).await);
+        let u = s
+            .create_user(&new_user("frank", "frank@example.com"))
+            .await
+            .unwrap();
+        for round in 0..5 {
+            let now = crate::time::now();
+            let id = format!("s{round}");
+            s.start_session(&new_session(&u, &id, now)).await.unwrap();
+            let tasks: Vec<_> = (0..8)
+                .map(|i| {
+                    let s = Arc::clone(&s);
+                    let r = rotation(&format!("refresh-{id}"), &format!("{id}-new{i}"), now);
+                    tokio::spawn(async move { s.rotate_refresh_token(&r).await })
+                })
+                .collect();
+            let (mut rotated, mut reused) = (0, 0);
+            for t in tasks {
+                match t.await.unwrap().unwrap() {
+                    RefreshOutcome::Rotated(_) => rotated += 1,
+                    RefreshOutcome::Reused => reused += 1,
+                    RefreshOutcome::Invalid => panic!("Invalid in round {round}"),
+                }
+            }
+            assert_eq!((rotated, reused), (1, 7), "round {round}");
+            assert!(s.session_by_id(&id, now).await.unwrap().is_none());
+        }
+    }
+}
