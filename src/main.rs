@@ -24,6 +24,12 @@ enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Time the password hash on this machine (for capacity planning).
+    #[command(hide = true)]
+    HashBenchmark {
+        #[arg(long, default_value_t = 20)]
+        rounds: u32,
+    },
 }
 
 fn init_tracing(format: LogFormat) {
@@ -49,6 +55,10 @@ async fn main() -> ExitCode {
     init_tracing(config.log_format);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
+        Command::HashBenchmark { rounds } => {
+            authflow::auth::password::benchmark(rounds);
+            Ok(())
+        }
         Command::Migrate => authflow::store::connect(&config)
             .await
             .map(|_| tracing::info!("migrations applied"))

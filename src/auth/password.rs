@@ -128,6 +128,24 @@ impl Passwords {
     }
 }
 
+/// Prints the time of one argon2id hash at the production setting, on one core.
+pub fn benchmark(rounds: u32) {
+    let rounds = rounds.max(1);
+    let start = std::time::Instant::now();
+    for i in 0..rounds {
+        if hash_blocking(&format!("benchmark password {i}")).is_err() {
+            println!("argon2id: hashing failed");
+            return;
+        }
+    }
+    let per_hash = start.elapsed().as_secs_f64() / f64::from(rounds);
+    println!(
+        "argon2id m={MEMORY_KIB} t={ITERATIONS} p={PARALLELISM}: {:.1} ms per hash, {:.1} hashes/s per core",
+        per_hash * 1000.0,
+        1.0 / per_hash
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
