@@ -3,9 +3,11 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use std::sync::{Mutex, PoisonError};
+
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{self, Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tokio::sync::Semaphore;
 
 use crate::error::Error;
@@ -26,21 +28,76 @@ pub enum Verification {
 #[derive(Clone)]
 pub struct Passwords {
     permits: Arc<Semaphore>,
+    memory: Memory,
     /// Verified when the account does not exist, so that failure costs the same time.
     dummy_hash: Arc<str>,
 }
 
-fn argon2() -> Result<Argon2<'static>, Error> {
-    let params = Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None)
-        .map_err(|e| anyhow::anyhow!("argon2 params: {e}"))?;
-    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+fn current_params() -> Result<Params, Error> {
+    Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None)
+        .map_err(|e| Error::from(anyhow::anyhow!("argon2 params: {e}")))
 }
 
-fn hash_blocking(password: &str) -> Result<String, Error> {
+/// Argon2 work memory (19 MiB a hash), kept and reused: allocating it afresh for every hash
+/// leaves the allocator holding hundreds of MiB once a few threads have hashed.
+type Memory = Arc<Mutex<Vec<Vec<Block>>>>;
+
+fn with_memory<T>(memory: &Memory, work: impl FnOnce(&mut Vec<Block>) -> T) -> T {
+    let mut blocks = memory
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .pop()
+        .unwrap_or_default();
+    let result = work(&mut blocks);
+    memory
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(blocks);
+    result
+}
+
+/// One argon2 computation into `out`, in `blocks` (grown to the size `params` need).
+fn compute(
+    argon2: &Argon2<'_>,
+    params: &Params,
+    password: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+    blocks: &mut Vec<Block>,
+) -> Result<(), argon2::Error> {
+    let needed = params.block_count();
+    if blocks.len() < needed {
+        blocks.resize(needed, Block::default());
+    }
+    argon2.hash_password_into_with_memory(password, salt, out, &mut blocks[..needed])
+}
+
+fn hash_blocking(password: &str, blocks: &mut Vec<Block>) -> Result<String, Error> {
+    let params = current_params()?;
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
     let salt = SaltString::generate(&mut OsRng);
-    let hash = argon2()?
-        .hash_password(password.as_bytes(), &salt)
-        .map_err(|e| anyhow::anyhow!("argon2 hash: {e}"))?;
+    let mut salt_buf = [0u8; 64];
+    let phc = |e: password_hash::Error| Error::from(anyhow::anyhow!("argon2 hash: {e}"));
+    let salt_bytes = salt.as_salt().decode_b64(&mut salt_buf).map_err(phc)?;
+    let output = Output::init_with(Params::DEFAULT_OUTPUT_LEN, |out| {
+        compute(
+            &argon2,
+            &params,
+            password.as_bytes(),
+            salt_bytes,
+            out,
+            blocks,
+        )
+        .map_err(password_hash::Error::from)
+    })
+    .map_err(phc)?;
+    let hash = PasswordHash {
+        algorithm: argon2::ARGON2ID_IDENT,
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(phc)?,
+        salt: Some(salt.as_salt()),
+        hash: Some(output),
+    };
     Ok(hash.to_string())
 }
 
@@ -50,7 +107,36 @@ fn is_legacy_bcrypt(stored: &str) -> bool {
         .any(|p| stored.starts_with(p))
 }
 
-fn verify_blocking(password: &str, stored: &str) -> Verification {
+/// Recomputes with the PHC string's own algorithm, version, parameters and salt, and
+/// compares in constant time (`Output`'s equality).
+fn argon2_matches(password: &str, parsed: &PasswordHash<'_>, blocks: &mut Vec<Block>) -> bool {
+    let mut check = || -> Option<bool> {
+        let expected = parsed.hash?;
+        let algorithm = Algorithm::try_from(parsed.algorithm).ok()?;
+        let version = match parsed.version {
+            Some(v) => Version::try_from(v).ok()?,
+            None => Version::default(),
+        };
+        let params = Params::try_from(parsed).ok()?;
+        let mut salt_buf = [0u8; 64];
+        let salt = parsed.salt?.decode_b64(&mut salt_buf).ok()?;
+        let argon2 = Argon2::new(algorithm, version, params.clone());
+        let mut out = vec![0u8; expected.len()];
+        compute(
+            &argon2,
+            &params,
+            password.as_bytes(),
+            salt,
+            &mut out,
+            blocks,
+        )
+        .ok()?;
+        Some(Output::new(&out).ok()? == expected)
+    };
+    check().unwrap_or(false)
+}
+
+fn verify_blocking(password: &str, stored: &str, blocks: &mut Vec<Block>) -> Verification {
     if is_legacy_bcrypt(stored) {
         return match bcrypt::verify(password, stored) {
             Ok(true) => Verification::Valid { needs_rehash: true },
@@ -60,14 +146,10 @@ fn verify_blocking(password: &str, stored: &str) -> Verification {
     let Ok(parsed) = PasswordHash::new(stored) else {
         return Verification::Invalid;
     };
-    // The PHC string carries its own algorithm and parameters.
-    if Argon2::default()
-        .verify_password(password.as_bytes(), &parsed)
-        .is_err()
-    {
+    if !argon2_matches(password, &parsed, blocks) {
         return Verification::Invalid;
     }
-    let current = parsed.algorithm.as_str() == "argon2id"
+    let current = parsed.algorithm == argon2::ARGON2ID_IDENT
         && Params::try_from(&parsed).is_ok_and(|p| {
             p.m_cost() == MEMORY_KIB && p.t_cost() == ITERATIONS && p.p_cost() == PARALLELISM
         });
@@ -81,29 +163,37 @@ impl Passwords {
     pub fn new(max_concurrent: usize) -> Result<Self, Error> {
         let mut random = [0u8; 32];
         rand::Rng::fill(&mut rand::rngs::OsRng, &mut random);
-        let dummy_hash = hash_blocking(&hex::encode(random))?;
+        let memory = Memory::default();
+        let dummy_hash = with_memory(&memory, |blocks| {
+            hash_blocking(&hex::encode(random), blocks)
+        })?;
         Ok(Self {
             permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            memory,
             dummy_hash: dummy_hash.into(),
         })
     }
 
     async fn run<T: Send + 'static>(
         &self,
-        work: impl FnOnce() -> T + Send + 'static,
+        work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
     ) -> Result<T, Error> {
         let _permit = self
             .permits
             .acquire()
             .await
             .context("password hashing pool closed")?;
-        Ok(tokio::task::spawn_blocking(work)
-            .await
-            .context("password hashing task failed")?)
+        let memory = Arc::clone(&self.memory);
+        Ok(
+            tokio::task::spawn_blocking(move || with_memory(&memory, work))
+                .await
+                .context("password hashing task failed")?,
+        )
     }
 
     pub async fn hash(&self, password: String) -> Result<String, Error> {
-        self.run(move || hash_blocking(&password)).await?
+        self.run(move |blocks| hash_blocking(&password, blocks))
+            .await?
     }
 
     /// Verifies against `stored`, or against the dummy hash when there is no account, so
@@ -118,7 +208,7 @@ impl Passwords {
             None => (self.dummy_hash.to_string(), false),
         };
         let verification = self
-            .run(move || verify_blocking(&password, &stored))
+            .run(move |blocks| verify_blocking(&password, &stored, blocks))
             .await?;
         Ok(if real {
             verification
@@ -131,9 +221,10 @@ impl Passwords {
 /// Prints the time of one argon2id hash at the production setting, on one core.
 pub fn benchmark(rounds: u32) {
     let rounds = rounds.max(1);
+    let mut blocks = Vec::new();
     let start = std::time::Instant::now();
     for i in 0..rounds {
-        if hash_blocking(&format!("benchmark password {i}")).is_err() {
+        if hash_blocking(&format!("benchmark password {i}"), &mut blocks).is_err() {
             println!("argon2id: hashing failed");
             return;
         }
@@ -149,6 +240,7 @@ pub fn benchmark(rounds: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use argon2::PasswordHasher as _;
 
     #[tokio::test]
     async fn argon2id_hashes_verify_and_are_current() {
