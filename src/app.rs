@@ -12,8 +12,11 @@ use crate::auth::password::Passwords;
 use crate::auth::tokens::{signing_secret, Jwt};
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::geo::ipinfo::GeoLocator;
 use crate::http::cors::OriginPolicy;
 use crate::http::{router, AppState};
+use crate::mail::outbox::Outbox;
+use crate::mail::transport::Transport;
 use crate::store;
 
 /// How long in-flight requests may run on after a stop signal.
@@ -23,6 +26,7 @@ pub struct App {
     listener: TcpListener,
     router: axum::Router,
     port: u16,
+    outbox: Outbox,
 }
 
 impl App {
@@ -39,7 +43,30 @@ impl App {
         let passwords = tokio::task::spawn_blocking(move || Passwords::new(cores))
             .await?
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let auth = Arc::new(Auth::new(store, passwords, jwt, Arc::clone(&config)));
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let transport = Transport::from_config(&config).context("setting up email delivery")?;
+        let outbox = Outbox::new(
+            Arc::clone(&store),
+            transport,
+            config.mail.from.clone(),
+            config.mail.first_retry,
+            Arc::clone(&wake),
+        );
+        let geo = Arc::new(GeoLocator::new(
+            &config.ipinfo_url,
+            config.ipinfo_token.clone(),
+        )?);
+        if !config.limits.enabled {
+            tracing::warn!("RATE_LIMITS=off: every rate limit is disabled");
+        }
+        let auth = Arc::new(Auth::new(
+            store,
+            passwords,
+            jwt,
+            Arc::clone(&config),
+            wake,
+            geo,
+        ));
         let state = AppState {
             auth,
             origins: Arc::new(OriginPolicy::new(&config)),
@@ -53,6 +80,7 @@ impl App {
             listener,
             router: router(state),
             port,
+            outbox,
         })
     }
 
@@ -66,6 +94,8 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
+        let worker = tokio::spawn(self.outbox.run(worker_stopped));
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(
             self.listener,
@@ -84,11 +114,19 @@ impl App {
                 std::future::pending::<()>().await;
             }
         };
-        tokio::select! {
-            served = server => served.context("serving HTTP")?,
-            () = deadline => tracing::warn!("requests still in flight after 30 s; stopping anyway"),
+        let served = tokio::select! {
+            served = server => served.context("serving HTTP"),
+            () = deadline => {
+                tracing::warn!("requests still in flight after 30 s; stopping anyway");
+                Ok(())
+            }
+        };
+        // The outbox delivers what is due before the process exits (bounded by its own timeout).
+        let _ = stop_worker.send(true);
+        if let Err(e) = worker.await {
+            tracing::error!(error = %e, "outbox worker failed");
         }
-        Ok(())
+        served
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use lettre::message::Mailbox;
 
 /// A value that must never be printed: `Debug` shows `[redacted]`.
 #[derive(Clone)]
@@ -50,6 +51,18 @@ pub enum Environment {
     Production,
 }
 
+/// Rate limits of SPEC §7; `enabled` is `RATE_LIMITS` (`off` for load tests).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub enabled: bool,
+    pub login_max_failures: i64,
+    pub login_window: Duration,
+    pub login_max_failures_per_ip: i64,
+    pub signups_per_ip: i64,
+    pub recovery_per_email: i64,
+    pub recovery_per_ip: i64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Pretty,
@@ -76,6 +89,26 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     pub allowed_origins: Vec<String>,
     pub log_format: LogFormat,
+    pub limits: Limits,
+    /// `TOKEN_IP`: without it, no external geolocation lookups.
+    pub ipinfo_token: Option<Secret>,
+    pub ipinfo_url: String,
+    pub mail: MailConfig,
+    /// The page a reset email links to; the link gets `?token=…`.
+    pub password_reset_url: String,
+}
+
+/// How emails leave the service.
+#[derive(Debug, Clone)]
+pub struct MailConfig {
+    /// `None`: the development mailbox (files in `mailbox_dir`). Holds any SMTP password.
+    pub smtp_url: Option<Secret>,
+    /// Sender, already checked to parse as a mailbox (`Name <address>` or `address`).
+    pub from: String,
+    pub mailbox_dir: PathBuf,
+    /// `MAIL_FIRST_RETRY_SECS` (default 15, at most 600): wait before the first retry of an
+    /// undelivered email, then doubling up to 10 minutes.
+    pub first_retry: Duration,
 }
 
 impl Config {
@@ -198,6 +231,43 @@ impl Config {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
+        let limits = Limits {
+            enabled: boolean("RATE_LIMITS", get("RATE_LIMITS"), true)?,
+            login_max_failures: count("LOGIN_MAX_FAILURES", get("LOGIN_MAX_FAILURES"), 5)?,
+            login_window: Duration::from_secs(positive(
+                "LOGIN_WINDOW_SECS",
+                get("LOGIN_WINDOW_SECS"),
+                900,
+            )?),
+            login_max_failures_per_ip: count(
+                "LOGIN_MAX_FAILURES_PER_IP",
+                get("LOGIN_MAX_FAILURES_PER_IP"),
+                50,
+            )?,
+            signups_per_ip: count(
+                "RATE_LIMIT_SIGNUPS_PER_IP",
+                get("RATE_LIMIT_SIGNUPS_PER_IP"),
+                20,
+            )?,
+            recovery_per_email: count(
+                "RATE_LIMIT_RECOVERY_PER_EMAIL",
+                get("RATE_LIMIT_RECOVERY_PER_EMAIL"),
+                5,
+            )?,
+            recovery_per_ip: count(
+                "RATE_LIMIT_RECOVERY_PER_IP",
+                get("RATE_LIMIT_RECOVERY_PER_IP"),
+                20,
+            )?,
+        };
+        let ipinfo_url = get("IPINFO_URL").unwrap_or_else(|| "https://ipinfo.io".to_owned());
+        if !(ipinfo_url.starts_with("http://") || ipinfo_url.starts_with("https://")) {
+            return Err(ConfigError::new(
+                "IPINFO_URL",
+                "must start with http:// or https://",
+            ));
+        }
+
         let log_format = match get("LOG_FORMAT").as_deref() {
             None | Some("pretty") | Some("text") => LogFormat::Pretty,
             Some("json") => LogFormat::Json,
@@ -208,6 +278,18 @@ impl Config {
                 ))
             }
         };
+
+        let mail = mail_config(&get, environment, &data_dir)?;
+        let password_reset_url =
+            get("PASSWORD_RESET_URL").unwrap_or_else(|| format!("{app_url}/reset-password"));
+        if !(password_reset_url.starts_with("http://")
+            || password_reset_url.starts_with("https://"))
+        {
+            return Err(ConfigError::new(
+                "PASSWORD_RESET_URL",
+                "must start with http:// or https://",
+            ));
+        }
 
         Ok(Self {
             environment,
@@ -224,12 +306,23 @@ impl Config {
             trusted_proxies,
             allowed_origins,
             log_format,
+            limits,
+            ipinfo_token: get("TOKEN_IP").map(Secret::new),
+            ipinfo_url,
+            mail,
+            password_reset_url,
         })
     }
 
     pub fn is_production(&self) -> bool {
         self.environment == Environment::Production
     }
+}
+
+/// A limit: a positive whole number.
+fn count(variable: &'static str, value: Option<String>, default: u64) -> Result<i64, ConfigError> {
+    let n = positive(variable, value, default)?;
+    i64::try_from(n).map_err(|_| ConfigError::new(variable, "is too large"))
 }
 
 fn split_list(list: &str) -> impl Iterator<Item = &str> {
@@ -314,6 +407,126 @@ fn legacy_database_url(
     )))
 }
 
+/// `SMTP_URL`, else the old service's `SMTP_HOST`…; `MAIL_FROM`; `MAILBOX_DIR`;
+/// `MAIL_FIRST_RETRY_SECS`.
+fn mail_config(
+    get: &impl Fn(&str) -> Option<String>,
+    environment: Environment,
+    data_dir: &std::path::Path,
+) -> Result<MailConfig, ConfigError> {
+    let smtp_url = match get("SMTP_URL") {
+        Some(url) => {
+            check_smtp_url("SMTP_URL", &url)?;
+            Some(Secret::new(url))
+        }
+        None => match legacy_smtp_url(get)? {
+            Some(url) => {
+                check_smtp_url("SMTP_HOST", &url)?;
+                Some(Secret::new(url))
+            }
+            None => None,
+        },
+    };
+    if smtp_url.is_none() && environment == Environment::Production {
+        return Err(ConfigError::new(
+            "SMTP_URL",
+            "must be set (or SMTP_HOST with EMAIL_USERNAME / EMAIL_PASSWORD) when APP_ENV=production",
+        ));
+    }
+
+    let from = get("MAIL_FROM").unwrap_or_else(|| "Auth Flow <no-reply@localhost>".to_owned());
+    if let Err(e) = from.parse::<Mailbox>() {
+        return Err(ConfigError::new(
+            "MAIL_FROM",
+            format!("{from:?} is not a valid sender (\"Name <address>\" or an address): {e}"),
+        ));
+    }
+
+    let mailbox_dir = get("MAILBOX_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| data_dir.join("mail"));
+
+    let first_retry = positive("MAIL_FIRST_RETRY_SECS", get("MAIL_FIRST_RETRY_SECS"), 15)?;
+    if first_retry > 600 {
+        return Err(ConfigError::new(
+            "MAIL_FIRST_RETRY_SECS",
+            "must be at most 600 (the longest wait between tries)",
+        ));
+    }
+
+    Ok(MailConfig {
+        smtp_url,
+        from,
+        mailbox_dir,
+        first_retry: Duration::from_secs(first_retry),
+    })
+}
+
+/// Builds the real transport from the URL, so a bad one stops the start, not the first email.
+/// The message never repeats the URL: it may hold a password.
+fn check_smtp_url(variable: &'static str, url: &str) -> Result<(), ConfigError> {
+    const FORMS: &str = "smtp://host:port, smtp://user:pass@host:587?tls=required \
+                         or smtps://user:pass@host:465";
+    crate::mail::transport::smtp_transport(url)
+        .map(drop)
+        .map_err(|e| ConfigError::new(variable, format!("not a usable SMTP URL ({FORMS}): {e}")))
+}
+
+/// The old service's `SMTP_HOST`, `SMTP_PORT`, `EMAIL_USERNAME`, `EMAIL_PASSWORD` as one URL:
+/// port 465 is implicit TLS, 587 STARTTLS (required), any other port plain SMTP.
+fn legacy_smtp_url(get: &impl Fn(&str) -> Option<String>) -> Result<Option<String>, ConfigError> {
+    let user = get("EMAIL_USERNAME");
+    let password = get("EMAIL_PASSWORD");
+    let Some(host) = get("SMTP_HOST") else {
+        for variable in ["SMTP_PORT", "EMAIL_USERNAME", "EMAIL_PASSWORD"] {
+            if get(variable).is_some() {
+                return Err(ConfigError::new(
+                    "SMTP_HOST",
+                    format!("must be set when {variable} is (or set SMTP_URL instead)"),
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    if host
+        .chars()
+        .any(|c| c.is_whitespace() || matches!(c, '/' | '@' | '?' | '#'))
+    {
+        return Err(ConfigError::new(
+            "SMTP_HOST",
+            format!("{host:?} is not a host name"),
+        ));
+    }
+    let port: u16 = parse_or("SMTP_PORT", get("SMTP_PORT"), Some(587))?;
+    let credentials = match (user, password) {
+        (Some(user), Some(password)) => format!("{}:{}@", encode(&user), encode(&password)),
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "EMAIL_PASSWORD",
+                "must be set when EMAIL_USERNAME is",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "EMAIL_USERNAME",
+                "must be set when EMAIL_PASSWORD is",
+            ))
+        }
+        (None, None) => String::new(),
+    };
+    // An IPv6 literal needs brackets in a URL.
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    Ok(Some(match port {
+        465 => format!("smtps://{credentials}{host}:{port}"),
+        587 => format!("smtp://{credentials}{host}:{port}?tls=required"),
+        _ => format!("smtp://{credentials}{host}:{port}"),
+    }))
+}
+
 /// Percent-encodes everything but unreserved characters (RFC 3986), for URL user info.
 fn encode(s: &str) -> String {
     s.bytes()
@@ -367,9 +580,161 @@ mod tests {
         let err = Config::from_vars(&vars(&[("APP_ENV", "production")])).unwrap_err();
         assert_eq!(err.variable, "SECRET_KEY_VARIABLE");
         let secret = "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t";
-        let c =
-            Config::from_vars(&vars(&[("APP_ENV", "production"), ("JWT_SECRET", secret)])).unwrap();
+        let c = Config::from_vars(&vars(&[
+            ("APP_ENV", "production"),
+            ("JWT_SECRET", secret),
+            ("SMTP_URL", "smtp://127.0.0.1:25"),
+        ]))
+        .unwrap();
         assert!(!format!("{c:?}").contains(secret));
+    }
+
+    #[test]
+    fn mail_defaults_are_the_documented_ones() {
+        let c = Config::from_vars(&vars(&[])).unwrap();
+        assert!(c.mail.smtp_url.is_none());
+        assert_eq!(c.mail.from, "Auth Flow <no-reply@localhost>");
+        assert_eq!(c.mail.mailbox_dir, PathBuf::from("data/mail"));
+        assert_eq!(c.password_reset_url, "http://localhost:8080/reset-password");
+        assert_eq!(c.mail.first_retry, Duration::from_secs(15));
+
+        let c = Config::from_vars(&vars(&[
+            ("DATA_DIR", "/var/lib/authflow"),
+            ("APP_URL", "https://auth.example.com/"),
+        ]))
+        .unwrap();
+        assert_eq!(c.mail.mailbox_dir, PathBuf::from("/var/lib/authflow/mail"));
+        assert_eq!(
+            c.password_reset_url,
+            "https://auth.example.com/reset-password"
+        );
+
+        let c = Config::from_vars(&vars(&[
+            ("MAILBOX_DIR", "/tmp/mail"),
+            ("MAIL_FROM", "\"Example, Inc.\" <accounts@example.com>"),
+            ("PASSWORD_RESET_URL", "https://app.example.com/reset"),
+            ("MAIL_FIRST_RETRY_SECS", "1"),
+        ]))
+        .unwrap();
+        assert_eq!(c.mail.first_retry, Duration::from_secs(1));
+        assert_eq!(c.mail.mailbox_dir, PathBuf::from("/tmp/mail"));
+        assert_eq!(c.mail.from, "\"Example, Inc.\" <accounts@example.com>");
+        assert_eq!(c.password_reset_url, "https://app.example.com/reset");
+    }
+
+    #[test]
+    fn smtp_urls_of_every_documented_form_are_accepted() {
+        for url in [
+            "smtp://127.0.0.1:2525",
+            "smtp://mailhog",
+            "smtp://user:pass@smtp.example.com:587?tls=required",
+            "smtps://user:p%40ss@smtp.example.com:465",
+            "smtps://smtp.example.com",
+        ] {
+            let c = Config::from_vars(&vars(&[("SMTP_URL", url)])).unwrap();
+            assert_eq!(c.mail.smtp_url.as_ref().map(Secret::expose), Some(url));
+        }
+    }
+
+    #[test]
+    fn bad_mail_values_name_the_variable() {
+        for (name, value) in [
+            ("SMTP_URL", "ftp://smtp.example.com"),
+            ("SMTP_URL", "smtp.example.com:587"),
+            ("SMTP_URL", "smtp://smtp.example.com?tls=sometimes"),
+            ("SMTP_URL", "smtp://"),
+            ("MAIL_FROM", "Auth Flow"),
+            ("MAIL_FROM", "Auth Flow <no-reply>"),
+            ("PASSWORD_RESET_URL", "app.example.com/reset"),
+            ("SMTP_HOST", "smtp example com"),
+            ("SMTP_PORT", "587"),
+            ("EMAIL_USERNAME", "user"),
+            ("MAIL_FIRST_RETRY_SECS", "0"),
+            ("MAIL_FIRST_RETRY_SECS", "601"),
+        ] {
+            let err = Config::from_vars(&vars(&[(name, value)])).unwrap_err();
+            let expected = if name == "SMTP_PORT" || name == "EMAIL_USERNAME" {
+                "SMTP_HOST"
+            } else {
+                name
+            };
+            assert_eq!(err.variable, expected, "{name}={value}: {err}");
+        }
+        let err = Config::from_vars(&vars(&[
+            ("SMTP_HOST", "smtp.example.com"),
+            ("SMTP_PORT", "x"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.variable, "SMTP_PORT");
+        let err = Config::from_vars(&vars(&[
+            ("SMTP_HOST", "smtp.example.com"),
+            ("EMAIL_USERNAME", "user"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.variable, "EMAIL_PASSWORD");
+    }
+
+    #[test]
+    fn smtp_errors_and_debug_never_show_the_password() {
+        let password = "hunter2-hunter2";
+        let err = Config::from_vars(&vars(&[(
+            "SMTP_URL",
+            "smtp://user:hunter2-hunter2@smtp.example.com?tls=sometimes",
+        )]))
+        .unwrap_err();
+        assert_eq!(err.variable, "SMTP_URL");
+        assert!(!err.to_string().contains(password), "{err}");
+
+        let c = Config::from_vars(&vars(&[
+            ("SMTP_HOST", "smtp.example.com"),
+            ("EMAIL_USERNAME", "user"),
+            ("EMAIL_PASSWORD", password),
+        ]))
+        .unwrap();
+        assert!(!format!("{c:?}").contains(password));
+        assert!(!format!("{:?}", c.mail).contains(password));
+    }
+
+    #[test]
+    fn production_requires_smtp_settings() {
+        let secret = ("JWT_SECRET", "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t");
+        let err = Config::from_vars(&vars(&[("APP_ENV", "production"), secret])).unwrap_err();
+        assert_eq!(err.variable, "SMTP_URL");
+        for smtp in [
+            ("SMTP_URL", "smtps://u:p@smtp.example.com:465"),
+            ("SMTP_HOST", "smtp.example.com"),
+        ] {
+            let c = Config::from_vars(&vars(&[("APP_ENV", "production"), secret, smtp])).unwrap();
+            assert!(c.mail.smtp_url.is_some());
+        }
+    }
+
+    #[test]
+    fn legacy_mail_variables_build_a_url() {
+        let url = |pairs: &[(&str, &str)]| {
+            let mut pairs = pairs.to_vec();
+            pairs.push(("SMTP_HOST", "smtp.example.com"));
+            let c = Config::from_vars(&vars(&pairs)).unwrap();
+            c.mail.smtp_url.map(|s| s.expose().to_owned())
+        };
+        let creds = [
+            ("EMAIL_USERNAME", "me@example.com"),
+            ("EMAIL_PASSWORD", "p@ss word/:"),
+        ];
+        assert_eq!(
+            url(&creds).as_deref(),
+            Some("smtp://me%40example.com:p%40ss%20word%2F%3A@smtp.example.com:587?tls=required")
+        );
+        let mut implicit = creds.to_vec();
+        implicit.push(("SMTP_PORT", "465"));
+        assert_eq!(
+            url(&implicit).as_deref(),
+            Some("smtps://me%40example.com:p%40ss%20word%2F%3A@smtp.example.com:465")
+        );
+        assert_eq!(
+            url(&[("SMTP_PORT", "25")]).as_deref(),
+            Some("smtp://smtp.example.com:25")
+        );
     }
 
     #[test]

@@ -206,6 +206,11 @@ pub struct ErrorBody {
     pub request_id: String,
 }
 
+/// Marks an error answer that is already what the client should see (an HTML page for a
+/// link opened in a browser), so [`envelope`] leaves it alone.
+#[derive(Debug, Clone, Copy)]
+pub struct FinalBody;
+
 /// Middleware: renders every error answer — ours, axum's and tower-http's — as the envelope.
 pub async fn envelope(request: Request, next: Next) -> Response {
     let path = request.uri().path().to_owned();
@@ -218,7 +223,9 @@ pub async fn envelope(request: Request, next: Next) -> Response {
         .to_owned();
     let response = next.run(request).await;
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
+    if !(status.is_client_error() || status.is_server_error())
+        || response.extensions().get::<FinalBody>().is_some()
+    {
         return response;
     }
     let parts = match response.extensions().get::<ErrorParts>() {

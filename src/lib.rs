@@ -14,6 +14,8 @@ pub mod error;
 pub mod geo;
 /// Routes, extractors and layers.
 pub mod http;
+/// Email templates, outbox worker and transports.
+pub mod mail;
 /// Storage backends behind `trait Store`.
 pub mod store;
 /// The service's clock.

@@ -1,14 +1,19 @@
 //! Use-cases of accounts, sign-in, tokens and sessions, over `&dyn Store`; nothing here knows HTTP.
 
 pub mod password;
+mod protection;
+mod recovery;
 pub mod tokens;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use tokio::sync::Notify;
+
 use crate::config::Config;
 use crate::domain::{DisplayName, Email, NewPassword, Phone, Username, ValidationErrors};
 use crate::error::Error;
+use crate::geo::ipinfo::GeoLocator;
 use crate::store::{
     NewSession, NewUser, ProfileChange, RefreshOutcome, Role, Rotation, Session, SessionUser,
     Store, User,
@@ -62,15 +67,27 @@ pub struct Auth {
     passwords: Passwords,
     jwt: Jwt,
     config: Arc<Config>,
+    /// Nudges the outbox worker after a change queued an email.
+    mail_wake: Arc<Notify>,
+    geo: Arc<GeoLocator>,
 }
 
 impl Auth {
-    pub fn new(store: Arc<dyn Store>, passwords: Passwords, jwt: Jwt, config: Arc<Config>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        passwords: Passwords,
+        jwt: Jwt,
+        config: Arc<Config>,
+        mail_wake: Arc<Notify>,
+        geo: Arc<GeoLocator>,
+    ) -> Self {
         Self {
             store,
             passwords,
             jwt,
             config,
+            mail_wake,
+            geo,
         }
     }
 
@@ -82,6 +99,7 @@ impl Auth {
         &self,
         input: Registration,
         caller: Option<&Principal>,
+        client: &ClientInfo,
     ) -> Result<User, Error> {
         let role = match input.role.as_deref().map(str::trim) {
             None | Some("") | Some("user") => Role::User,
@@ -113,20 +131,32 @@ impl Auth {
         else {
             return Err(errors.into());
         };
+        let ip = protection::ip_key(client);
+        self.take_limits(
+            "signup",
+            &[(ip.as_str(), self.config.limits.signups_per_ip)],
+        )
+        .await?;
         let password_hash = self.passwords.hash(password.expose().to_owned()).await?;
+        let (verification, welcome) = self.welcome(name.as_str(), email.as_str())?;
         let user = self
             .store
-            .create_user(&NewUser {
-                uid: uuid::Uuid::new_v4().to_string(),
-                username: username.as_str().to_owned(),
-                name: name.as_str().to_owned(),
-                email: email.as_str().to_owned(),
-                phone: phone.map(|p| p.as_str().to_owned()),
-                password_hash,
-                role,
-                now: time::now(),
-            })
+            .create_user(
+                &NewUser {
+                    uid: uuid::Uuid::new_v4().to_string(),
+                    username: username.as_str().to_owned(),
+                    name: name.as_str().to_owned(),
+                    email: email.as_str().to_owned(),
+                    phone: phone.map(|p| p.as_str().to_owned()),
+                    password_hash,
+                    role,
+                    now: time::now(),
+                },
+                &verification,
+                &welcome,
+            )
             .await?;
+        self.mail_wake.notify_one();
         tracing::info!(user = %user.uid, "account created");
         Ok(user)
     }
@@ -149,6 +179,13 @@ impl Auth {
         }
         errors.into_result()?;
 
+        let ip = protection::ip_key(&client);
+        if let Err(limited) = self.check_sign_in_limits(&identifier, &ip).await {
+            self.record_attempt(&identifier, &client, None, false, false)
+                .await?;
+            return Err(limited);
+        }
+
         let credentials = self.store.find_credentials(&identifier).await?;
         let stored_hash = credentials.as_ref().map(|c| c.password_hash.clone());
         let verification = self.passwords.verify(password.clone(), stored_hash).await?;
@@ -156,11 +193,20 @@ impl Auth {
             (Some(c), Verification::Valid { needs_rehash }) if c.user.active => {
                 (c.user, needs_rehash)
             }
-            _ => return Err(Error::InvalidCredentials),
+            (found, _) => {
+                let account = found.as_ref().map(|c| &c.user);
+                self.record_attempt(&identifier, &client, account, false, true)
+                    .await?;
+                return Err(Error::InvalidCredentials);
+            }
         };
         if self.config.require_email_verification && !user.email_verified {
+            self.record_attempt(&identifier, &client, Some(&user), false, false)
+                .await?;
             return Err(Error::EmailNotVerified);
         }
+        self.record_attempt(&identifier, &client, Some(&user), true, true)
+            .await?;
         if needs_rehash {
             self.rehash_in_background(user.db_id, password);
         }
@@ -356,6 +402,18 @@ impl Auth {
         Ok(self
             .store
             .update_profile(principal.user.db_id, &change)
+            .await?)
+    }
+
+    /// The caller's sign-in history, newest first.
+    pub async fn login_history(
+        &self,
+        principal: &Principal,
+        limit: i64,
+    ) -> Result<Vec<crate::store::LoginRecord>, Error> {
+        Ok(self
+            .store
+            .login_history(principal.user.db_id, limit.clamp(1, 200))
             .await?)
     }
 

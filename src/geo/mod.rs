@@ -1,4 +1,6 @@
-//! Where a request comes from: the client IP behind trusted proxies.
+//! Where a request comes from: the client IP behind trusted proxies, and its geolocation.
+
+pub mod ipinfo;
 
 use std::net::IpAddr;
 

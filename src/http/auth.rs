@@ -1,8 +1,8 @@
 //! `/api/auth`: sign-in, the caller's profile, refresh, logout and sessions.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use super::extract::{ApiJson, AuthUser, Client, SESSION_COOKIE};
 use super::{AppState, MessageResponse, UserView};
 use crate::auth::IssuedTokens;
-use crate::error::{Error, ErrorEnvelope};
+use crate::error::{Error, ErrorEnvelope, FinalBody};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -23,6 +23,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(logout_all))
         .routes(routes!(sessions))
         .routes(routes!(delete_session))
+        .routes(routes!(verify_email, verify_email_link))
+        .routes(routes!(resend_verification))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -118,7 +120,8 @@ fn signed_in(state: &AppState, tokens: IssuedTokens, message: &str) -> Response 
     responses(
         (status = 200, description = "Signed in; also sets the `auth.sid` cookie", body = SignInResponse),
         (status = 400, body = ErrorEnvelope), (status = 401, description = "invalid_credentials", body = ErrorEnvelope),
-        (status = 403, description = "email_not_verified", body = ErrorEnvelope)))]
+        (status = 403, description = "email_not_verified", body = ErrorEnvelope),
+        (status = 429, description = "too_many_requests, with Retry-After", body = ErrorEnvelope)))]
 async fn signin(
     State(state): State<AppState>,
     Client(client): Client,
@@ -222,4 +225,77 @@ async fn delete_session(
 ) -> Result<StatusCode, Error> {
     state.auth.revoke_session(&principal, &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(default)]
+pub struct TokenRequest {
+    /// The `token` of the emailed link.
+    pub token: String,
+}
+
+/// Verify the email address with the token of the welcome email.
+#[utoipa::path(post, path = "/verify-email", tag = "auth", request_body = TokenRequest,
+    responses((status = 200, body = MessageResponse),
+        (status = 400, description = "invalid_token", body = ErrorEnvelope)))]
+async fn verify_email(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<TokenRequest>,
+) -> Result<Json<MessageResponse>, Error> {
+    state.auth.verify_email(&body.token).await?;
+    Ok(Json(MessageResponse {
+        message: "Email verified successfully!".into(),
+    }))
+}
+
+/// The link in the welcome email: a small page saying whether the address is now verified.
+#[utoipa::path(get, path = "/verify-email", tag = "auth", params(TokenRequest),
+    responses((status = 200, description = "HTML page: verified", content_type = "text/html"),
+        (status = 400, description = "HTML page: why not", content_type = "text/html")))]
+async fn verify_email_link(
+    State(state): State<AppState>,
+    Query(query): Query<TokenRequest>,
+) -> Response {
+    let (status, title, text) = match state.auth.verify_email(&query.token).await {
+        Ok(_) => (StatusCode::OK, "Email verified", "Your email address is verified. You can close this page."),
+        Err(Error::InvalidToken | Error::Validation(_)) => (
+            StatusCode::BAD_REQUEST,
+            "Link not valid",
+            "This verification link is invalid, was already used, or has expired. Ask for a new one from the app.",
+        ),
+        Err(e) => return e.into_response(),
+    };
+    let page = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title} · Auth Flow</title>\
+         <style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem}}</style>\
+         </head><body><h1>{title}</h1><p>{text}</p><p><small>Auth Flow</small></p></body></html>"
+    );
+    let mut response = (
+        status,
+        [(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+            ),
+        )],
+        Html(page),
+    )
+        .into_response();
+    response.extensions_mut().insert(FinalBody);
+    response
+}
+
+/// Send a new verification email; the same answer for any address.
+#[utoipa::path(post, path = "/resend-verification", tag = "auth",
+    request_body = super::password::EmailRequest,
+    responses((status = 200, body = MessageResponse), (status = 400, body = ErrorEnvelope)))]
+async fn resend_verification(
+    State(state): State<AppState>,
+    Client(client): Client,
+    ApiJson(body): ApiJson<super::password::EmailRequest>,
+) -> Result<Json<MessageResponse>, Error> {
+    state.auth.resend_verification(&body.email, &client).await?;
+    Ok(Json(MessageResponse {
+        message: super::password::RECOVERY_MESSAGE.into(),
+    }))
 }

@@ -134,6 +134,7 @@ mod tests {
         let p = policy(&[
             ("APP_ENV", "production"),
             ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("SMTP_URL", "smtp://127.0.0.1:25"),
             ("ALLOWED_ORIGINS", "https://app.example.org"),
         ]);
         assert!(!p.allows("http://localhost:5173"));

@@ -4,6 +4,7 @@ mod auth;
 pub mod cors;
 mod docs;
 pub mod extract;
+mod password;
 mod users;
 
 use std::sync::Arc;
@@ -155,6 +156,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(ready))
         .nest("/api/auth", auth::router())
         .nest("/api/users", users::router())
+        .nest("/api/password", password::router())
 }
 
 pub fn router(state: AppState) -> Router {

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{ApiJson, AuthUser, MaybeAuthUser};
+use super::extract::{ApiJson, AuthUser, Client, MaybeAuthUser};
 use super::{AppState, UserView};
 use crate::auth::Registration;
 use crate::error::{Error, ErrorEnvelope};
@@ -17,6 +17,58 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_account))
         .routes(routes!(get_me, update_me, delete_me))
+        .routes(routes!(login_history))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct HistoryQuery {
+    /// How many entries, newest first (1–200, default 50).
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoginHistoryEntry {
+    pub ip: String,
+    /// What the geolocation lookup said (`{"ip", "city", …}`), `Local` for private
+    /// addresses, `{"ip", "error"}` when the lookup failed.
+    #[schema(value_type = Object)]
+    pub location: serde_json::Value,
+    pub user_agent: Option<String>,
+    /// `success` or `failure`.
+    pub status: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoginHistoryResponse {
+    pub entries: Vec<LoginHistoryEntry>,
+}
+
+/// The signed-in user's sign-in attempts, newest first.
+#[utoipa::path(get, path = "/me/login-history", tag = "users", params(HistoryQuery),
+    responses((status = 200, body = LoginHistoryResponse), (status = 401, body = ErrorEnvelope)),
+    security(("bearer" = []), ("cookie" = [])))]
+async fn login_history(
+    State(state): State<AppState>,
+    AuthUser(principal): AuthUser,
+    axum::extract::Query(query): axum::extract::Query<HistoryQuery>,
+) -> Result<Json<LoginHistoryResponse>, Error> {
+    let records = state
+        .auth
+        .login_history(&principal, query.limit.unwrap_or(50))
+        .await?;
+    Ok(Json(LoginHistoryResponse {
+        entries: records
+            .into_iter()
+            .map(|r| LoginHistoryEntry {
+                ip: r.ip,
+                location: r.location,
+                user_agent: r.user_agent,
+                status: if r.success { "success" } else { "failure" }.to_owned(),
+                created_at: crate::time::rfc3339(r.created_at),
+            })
+            .collect(),
+    }))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -67,6 +119,7 @@ pub struct DeleteAccountRequest {
 async fn create_account(
     State(state): State<AppState>,
     MaybeAuthUser(caller): MaybeAuthUser,
+    Client(client): Client,
     ApiJson(body): ApiJson<CreateAccountRequest>,
 ) -> Result<(StatusCode, Json<CreateAccountResponse>), Error> {
     let registration = Registration {
@@ -77,7 +130,10 @@ async fn create_account(
         phone: body.phone,
         role: body.role,
     };
-    let user = state.auth.register(registration, caller.as_ref()).await?;
+    let user = state
+        .auth
+        .register(registration, caller.as_ref(), &client)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(CreateAccountResponse {

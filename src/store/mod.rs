@@ -137,6 +137,120 @@ pub enum RefreshOutcome {
     Invalid,
 }
 
+/// The single-use tokens of the old `tokens` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    PasswordReset,
+    EmailVerification,
+}
+
+impl TokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::PasswordReset => "password_reset",
+            TokenKind::EmailVerification => "email_verification",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub kind: TokenKind,
+    /// SHA-256 hex digest of the token that goes out in the email link.
+    pub hash: String,
+    pub expires_at: Timestamp,
+}
+
+/// An email for the outbox, written in the same transaction as the change that causes it.
+#[derive(Clone)]
+pub struct NewEmail {
+    pub kind: &'static str,
+    pub to: String,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+impl std::fmt::Debug for NewEmail {
+    /// Bodies carry tokens: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewEmail")
+            .field("kind", &self.kind)
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An email claimed from the outbox for delivery.
+#[derive(Clone, sqlx::FromRow)]
+pub struct OutboxEmail {
+    pub id: i64,
+    pub to_address: String,
+    pub subject: String,
+    pub text_body: Option<String>,
+    pub html_body: Option<String>,
+    /// Including this one.
+    pub attempts: i32,
+    pub created_at: Timestamp,
+}
+
+/// What became of a delivery attempt.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    Sent,
+    /// Try again at the given time.
+    Retry {
+        at: Timestamp,
+        error: String,
+    },
+    /// Given up: the body is removed, the row kept as `failed`.
+    GiveUp {
+        error: String,
+    },
+}
+
+/// One sign-in attempt, as recorded in `login_attempts` (and, for an existing account, in
+/// `user_location_logs`).
+#[derive(Debug, Clone)]
+pub struct SignInAttempt {
+    pub ip: String,
+    /// As given: lower-cased, without NUL characters, at most 200 characters.
+    pub identifier: String,
+    pub success: bool,
+    /// Whether a failure counts toward the limits: not when the attempt was refused by a
+    /// limit before the password was judged, nor for a right password on an unverified email.
+    pub counted: bool,
+    pub now: Timestamp,
+    pub account: Option<AccountAttempt>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccountAttempt {
+    pub user_db_id: i64,
+    pub location: serde_json::Value,
+    /// At most 255 characters.
+    pub user_agent: Option<String>,
+}
+
+/// Counted sign-in failures in the window, with the oldest counted one (when the window frees).
+#[derive(Debug, Clone, Default)]
+pub struct FailureCounts {
+    pub identifier: i64,
+    pub identifier_oldest: Option<Timestamp>,
+    pub ip: i64,
+    pub ip_oldest: Option<Timestamp>,
+}
+
+/// A row of the user's sign-in history.
+#[derive(Debug, Clone)]
+pub struct LoginRecord {
+    pub ip: String,
+    pub location: serde_json::Value,
+    pub user_agent: Option<String>,
+    pub success: bool,
+    pub created_at: Timestamp,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ProfileChange {
     pub name: Option<String>,
@@ -151,7 +265,13 @@ pub trait Store: Send + Sync + 'static {
     /// One cheap round trip, for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
 
-    async fn create_user(&self, user: &NewUser) -> Result<User, StoreError>;
+    /// Creates the account with its email-verification token and welcome email, atomically.
+    async fn create_user(
+        &self,
+        user: &NewUser,
+        verification: &NewToken,
+        welcome: &NewEmail,
+    ) -> Result<User, StoreError>;
     /// By username or email, case-insensitively; `identifier` is already lower-cased.
     async fn find_credentials(&self, identifier: &str) -> Result<Option<Credentials>, StoreError>;
     async fn credentials_by_id(&self, user_db_id: i64) -> Result<Option<Credentials>, StoreError>;
@@ -196,6 +316,88 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     async fn revoke_all_sessions(&self, user_db_id: i64, now: Timestamp)
         -> Result<u64, StoreError>;
+
+    /// Replaces the user's earlier tokens of this kind with a new one and queues its email.
+    async fn issue_token(
+        &self,
+        user_db_id: i64,
+        token: &NewToken,
+        email: &NewEmail,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// The (active) user of an active, unexpired token.
+    async fn token_user(
+        &self,
+        kind: TokenKind,
+        hash: &str,
+        now: Timestamp,
+    ) -> Result<Option<User>, StoreError>;
+    /// Uses a reset token (single use under concurrency), sets the password, revokes every
+    /// session and queues the notice; `None` when the token is unknown, used or expired.
+    async fn reset_password(
+        &self,
+        hash: &str,
+        password_hash: &str,
+        notice: &NewEmail,
+        now: Timestamp,
+    ) -> Result<Option<User>, StoreError>;
+    /// Uses a verification token and marks the email verified; `None` as for reset.
+    async fn verify_email(&self, hash: &str, now: Timestamp) -> Result<Option<User>, StoreError>;
+    /// Sets the password, revokes every session but `keep_session`, queues the notice.
+    async fn change_password(
+        &self,
+        user_db_id: i64,
+        password_hash: &str,
+        keep_session: &str,
+        notice: &NewEmail,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// Writes the attempt's rows in one transaction; returns the location-log id, if any.
+    async fn record_sign_in(&self, attempt: &SignInAttempt) -> Result<Option<i64>, StoreError>;
+    /// Completes a location-log row once the geolocation lookup is done.
+    async fn set_location(
+        &self,
+        log_id: i64,
+        location: &serde_json::Value,
+    ) -> Result<(), StoreError>;
+    /// Failures since `since` for the identifier (after its last success) and for the IP.
+    async fn sign_in_failures(
+        &self,
+        identifier: &str,
+        ip: &str,
+        since: Timestamp,
+    ) -> Result<FailureCounts, StoreError>;
+    /// Counts one call against each `(key, limit)` in the window since `since`: `None` if
+    /// every key is under its limit (the call is then recorded for all of them), else the
+    /// oldest counted call of a full key (the window frees a slot after it).
+    async fn take_rate_limit(
+        &self,
+        bucket: &str,
+        keys: &[(&str, i64)],
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<Timestamp>, StoreError>;
+    /// Newest first.
+    async fn login_history(
+        &self,
+        user_db_id: i64,
+        limit: i64,
+    ) -> Result<Vec<LoginRecord>, StoreError>;
+
+    /// Claims the next due email until `lease_until` (after which another worker may take
+    /// it again), or `None` when nothing is due.
+    async fn claim_email(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<Option<OutboxEmail>, StoreError>;
+    async fn finish_email(
+        &self,
+        id: i64,
+        delivery: &Delivery,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
 }
 
 /// Connects to the database named by the configuration and brings its schema up to date.

@@ -7,8 +7,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::{
-    Credentials, NewSession, NewUser, ProfileChange, RefreshOutcome, Role, Rotation, Session,
-    SessionUser, Store, StoreError, User,
+    Credentials, Delivery, FailureCounts, LoginRecord, NewEmail, NewSession, NewToken, NewUser,
+    OutboxEmail, ProfileChange, RefreshOutcome, Role, Rotation, Session, SessionUser,
+    SignInAttempt, Store, StoreError, TokenKind, User,
 };
 use crate::time::Timestamp;
 
@@ -219,6 +220,75 @@ impl SqliteStore {
             .fetch_optional(executor)
             .await?)
     }
+
+    async fn enqueue(
+        tx: &mut Transaction<'_, Sqlite>,
+        email: &NewEmail,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO email_outbox (kind, to_address, subject, text_body, html_body, \
+             next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        )
+        .bind(email.kind)
+        .bind(&email.to)
+        .bind(&email.subject)
+        .bind(&email.text)
+        .bind(&email.html)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Earlier tokens of the kind stop working; the new one is stored as its digest.
+    async fn insert_token(
+        tx: &mut Transaction<'_, Sqlite>,
+        user_db_id: i64,
+        token: &NewToken,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE tokens SET active = FALSE WHERE user_id = $1 \
+             AND type = $2 AND COALESCE(active, TRUE)",
+        )
+        .bind(user_db_id)
+        .bind(token.kind.as_str())
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO tokens (user_id, token, type, created_at, expires_at, active) \
+             VALUES ($1, $2, $3, $4, $5, TRUE)",
+        )
+        .bind(user_db_id)
+        .bind(&token.hash)
+        .bind(token.kind.as_str())
+        .bind(now)
+        .bind(token.expires_at)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks the token used and returns its user's id. Writers are serialised (BEGIN
+    /// IMMEDIATE), so a second use finds it inactive.
+    async fn consume_token(
+        tx: &mut Transaction<'_, Sqlite>,
+        kind: TokenKind,
+        hash: &str,
+        now: Timestamp,
+    ) -> Result<Option<i64>, StoreError> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "UPDATE tokens SET active = FALSE WHERE token = $1 AND type = $2 \
+             AND COALESCE(active, TRUE) AND expires_at > $3 RETURNING user_id",
+        )
+        .bind(hash)
+        .bind(kind.as_str())
+        .bind(now)
+        .fetch_optional(&mut **tx)
+        .await?;
+        Ok(row.map(|(id,)| id))
+    }
 }
 
 #[async_trait]
@@ -228,7 +298,13 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn create_user(&self, user: &NewUser) -> Result<User, StoreError> {
+    async fn create_user(
+        &self,
+        user: &NewUser,
+        verification: &NewToken,
+        welcome: &NewEmail,
+    ) -> Result<User, StoreError> {
+        let mut tx = self.begin_write().await?;
         let (db_id,): (i64,) = sqlx::query_as(
             "INSERT INTO users (user_uid, full_name, email, phone, password, username, role_id, \
              created_at, email_verified, active) \
@@ -243,9 +319,12 @@ impl Store for SqliteStore {
         .bind(&user.username)
         .bind(user.role.as_str())
         .bind(user.now)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(conflict)?;
+        Self::insert_token(&mut tx, db_id, verification, user.now).await?;
+        Self::enqueue(&mut tx, welcome, user.now).await?;
+        tx.commit().await?;
         Ok(User {
             db_id,
             uid: user.uid.clone(),
@@ -331,6 +410,13 @@ impl Store for SqliteStore {
             "DELETE FROM login_attempts WHERE email_or_username IN \
              (SELECT lower(username) FROM users WHERE user_db_id = $1 \
               UNION SELECT lower(email) FROM users WHERE user_db_id = $1)",
+        )
+        .bind(user_db_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM email_outbox WHERE lower(to_address) = \
+             (SELECT lower(email) FROM users WHERE user_db_id = $1)",
         )
         .bind(user_db_id)
         .execute(&mut *tx)
@@ -515,6 +601,327 @@ impl Store for SqliteStore {
         .await?;
         Ok(done.rows_affected())
     }
+
+    async fn issue_token(
+        &self,
+        user_db_id: i64,
+        token: &NewToken,
+        email: &NewEmail,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        Self::insert_token(&mut tx, user_db_id, token, now).await?;
+        Self::enqueue(&mut tx, email, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn token_user(
+        &self,
+        kind: TokenKind,
+        hash: &str,
+        now: Timestamp,
+    ) -> Result<Option<User>, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM tokens t JOIN users u ON u.user_db_id = t.user_id \
+             LEFT JOIN roles r ON r.role_id = u.role_id \
+             WHERE t.token = $1 AND t.type = $2 AND COALESCE(t.active, TRUE) \
+             AND t.expires_at > $3 AND COALESCE(u.active, TRUE)"
+        );
+        let row: Option<UserRow> = sqlx::query_as(&sql)
+            .bind(hash)
+            .bind(kind.as_str())
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(Into::into))
+    }
+
+    async fn reset_password(
+        &self,
+        hash: &str,
+        password_hash: &str,
+        notice: &NewEmail,
+        now: Timestamp,
+    ) -> Result<Option<User>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let Some(user_db_id) =
+            Self::consume_token(&mut tx, TokenKind::PasswordReset, hash, now).await?
+        else {
+            return Ok(None);
+        };
+        let done = sqlx::query(
+            "UPDATE users SET password = $2 WHERE user_db_id = $1 AND COALESCE(active, TRUE)",
+        )
+        .bind(user_db_id)
+        .bind(password_hash)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        sqlx::query(
+            "UPDATE auth_sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(user_db_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        Self::enqueue(&mut tx, notice, now).await?;
+        let user = Self::user_by_id(&mut tx, user_db_id).await?;
+        tx.commit().await?;
+        Ok(Some(user))
+    }
+
+    async fn verify_email(&self, hash: &str, now: Timestamp) -> Result<Option<User>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let Some(user_db_id) =
+            Self::consume_token(&mut tx, TokenKind::EmailVerification, hash, now).await?
+        else {
+            return Ok(None);
+        };
+        let done = sqlx::query(
+            "UPDATE users SET email_verified = TRUE WHERE user_db_id = $1 AND COALESCE(active, TRUE)",
+        )
+        .bind(user_db_id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let user = Self::user_by_id(&mut tx, user_db_id).await?;
+        tx.commit().await?;
+        Ok(Some(user))
+    }
+
+    async fn change_password(
+        &self,
+        user_db_id: i64,
+        password_hash: &str,
+        keep_session: &str,
+        notice: &NewEmail,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE users SET password = $2 WHERE user_db_id = $1")
+            .bind(user_db_id)
+            .bind(password_hash)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE auth_sessions SET revoked_at = $3 WHERE user_id = $1 AND session_id <> $2 \
+             AND revoked_at IS NULL",
+        )
+        .bind(user_db_id)
+        .bind(keep_session)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        Self::enqueue(&mut tx, notice, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn claim_email(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<Option<OutboxEmail>, StoreError> {
+        // One writer at a time: the UPDATE … WHERE id = (SELECT …) claims atomically.
+        Ok(sqlx::query_as(
+            "UPDATE email_outbox SET status = 'sending', attempts = attempts + 1, \
+             next_attempt_at = $2 \
+             WHERE id = (SELECT id FROM email_outbox WHERE status IN ('pending', 'sending') \
+                         AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT 1) \
+             RETURNING id, to_address, subject, text_body, html_body, attempts, created_at",
+        )
+        .bind(now)
+        .bind(lease_until)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn finish_email(
+        &self,
+        id: i64,
+        delivery: &Delivery,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let query = match delivery {
+            Delivery::Sent => sqlx::query(
+                "UPDATE email_outbox SET status = 'sent', sent_at = $2, text_body = NULL, \
+                 html_body = NULL, last_error = NULL WHERE id = $1",
+            )
+            .bind(id)
+            .bind(now),
+            Delivery::Retry { at, error } => sqlx::query(
+                "UPDATE email_outbox SET status = 'pending', next_attempt_at = $2, \
+                 last_error = $3 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(*at)
+            .bind(error),
+            Delivery::GiveUp { error } => sqlx::query(
+                "UPDATE email_outbox SET status = 'failed', text_body = NULL, html_body = NULL, \
+                 last_error = $2 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(error),
+        };
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn record_sign_in(&self, a: &SignInAttempt) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO login_attempts (ip_address, email_or_username, attempted_at, success, \
+             counted) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&a.ip)
+        .bind(&a.identifier)
+        .bind(a.now)
+        .bind(a.success)
+        .bind(a.counted)
+        .execute(&mut *tx)
+        .await?;
+        let mut log_id = None;
+        if let Some(account) = &a.account {
+            let (id,): (i64,) = sqlx::query_as(
+                "INSERT INTO user_location_logs (user_id, ip_address, location, created_at, \
+                 user_agent, access_status) VALUES ($1, $2, $3, $4, $5, $6) \
+                 RETURNING log_id",
+            )
+            .bind(account.user_db_id)
+            .bind(&a.ip)
+            .bind(account.location.to_string())
+            .bind(a.now)
+            .bind(&account.user_agent)
+            .bind(if a.success { "success" } else { "failure" })
+            .fetch_one(&mut *tx)
+            .await?;
+            log_id = Some(id);
+        }
+        tx.commit().await?;
+        Ok(log_id)
+    }
+
+    async fn set_location(
+        &self,
+        log_id: i64,
+        location: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE user_location_logs SET location = $2 WHERE log_id = $1")
+            .bind(log_id)
+            .bind(location.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn sign_in_failures(
+        &self,
+        identifier: &str,
+        ip: &str,
+        since: Timestamp,
+    ) -> Result<FailureCounts, StoreError> {
+        let row: (i64, Option<Timestamp>, i64, Option<Timestamp>) = sqlx::query_as(
+            "SELECT \
+               (SELECT count(*) FROM login_attempts a WHERE a.email_or_username = $1 \
+                  AND NOT a.success AND a.counted AND a.attempted_at > $3 \
+                  AND a.attempted_at > COALESCE((SELECT max(attempted_at) FROM login_attempts \
+                      WHERE email_or_username = $1 AND success AND attempted_at > $3), $3)), \
+               (SELECT min(a.attempted_at) FROM login_attempts a WHERE a.email_or_username = $1 \
+                  AND NOT a.success AND a.counted AND a.attempted_at > $3 \
+                  AND a.attempted_at > COALESCE((SELECT max(attempted_at) FROM login_attempts \
+                      WHERE email_or_username = $1 AND success AND attempted_at > $3), $3)), \
+               (SELECT count(*) FROM login_attempts WHERE ip_address = $2 AND NOT success \
+                  AND counted AND attempted_at > $3), \
+               (SELECT min(attempted_at) FROM login_attempts WHERE ip_address = $2 AND NOT success \
+                  AND counted AND attempted_at > $3)",
+        )
+        .bind(identifier)
+        .bind(ip)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(FailureCounts {
+            identifier: row.0,
+            identifier_oldest: row.1,
+            ip: row.2,
+            ip_oldest: row.3,
+        })
+    }
+
+    async fn take_rate_limit(
+        &self,
+        bucket: &str,
+        keys: &[(&str, i64)],
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        for (key, limit) in keys {
+            // Calls that left the window are of no more use.
+            sqlx::query(
+                "DELETE FROM rate_limit_hits WHERE bucket = $1 AND key = $2 AND hit_at <= $3",
+            )
+            .bind(bucket)
+            .bind(key)
+            .bind(since)
+            .execute(&mut *tx)
+            .await?;
+            let (count, oldest): (i64, Option<Timestamp>) = sqlx::query_as(
+                "SELECT count(*), min(hit_at) FROM rate_limit_hits WHERE bucket = $1 AND key = $2",
+            )
+            .bind(bucket)
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await?;
+            if count >= *limit {
+                tx.commit().await?;
+                return Ok(Some(oldest.unwrap_or(now)));
+            }
+        }
+        for (key, _) in keys {
+            sqlx::query("INSERT INTO rate_limit_hits (bucket, key, hit_at) VALUES ($1, $2, $3)")
+                .bind(bucket)
+                .bind(key)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(None)
+    }
+
+    async fn login_history(
+        &self,
+        user_db_id: i64,
+        limit: i64,
+    ) -> Result<Vec<LoginRecord>, StoreError> {
+        let rows: Vec<(String, String, Option<String>, String, Timestamp)> = sqlx::query_as(
+            "SELECT ip_address, location, user_agent, access_status, created_at \
+                 FROM user_location_logs WHERE user_id = $1 ORDER BY created_at DESC, log_id DESC \
+                 LIMIT $2",
+        )
+        .bind(user_db_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(ip, location, user_agent, status, created_at)| LoginRecord {
+                    ip,
+                    location: serde_json::from_str(&location).unwrap_or(serde_json::Value::Null),
+                    user_agent,
+                    success: status == "success",
+                    created_at,
+                },
+            )
+            .collect())
+    }
 }
 
 #[cfg(test)]
@@ -526,6 +933,34 @@ mod tests {
         // A missing folder on the way is created too.
         let url = format!("sqlite://{}", dir.path().join("data/authflow.db").display());
         SqliteStore::connect(&url).await.unwrap()
+    }
+
+    fn token() -> NewToken {
+        NewToken {
+            kind: TokenKind::EmailVerification,
+            hash: crate::auth::tokens::digest(&crate::auth::tokens::random_token()),
+            expires_at: crate::time::now() + chrono::Duration::hours(24),
+        }
+    }
+
+    fn welcome() -> NewEmail {
+        NewEmail {
+            kind: "welcome",
+            to: "someone@example.com".into(),
+            subject: "Welcome".into(),
+            text: "text".into(),
+            html: "<p>html</p>".into(),
+        }
+    }
+
+    trait CreatePlain {
+        async fn create_user_plain(&self, user: &NewUser) -> Result<User, StoreError>;
+    }
+
+    impl CreatePlain for SqliteStore {
+        async fn create_user_plain(&self, user: &NewUser) -> Result<User, StoreError> {
+            self.create_user(user, &token(), &welcome()).await
+        }
     }
 
     fn new_user(username: &str, email: &str) -> NewUser {
@@ -569,7 +1004,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = store(&dir).await;
         first
-            .create_user(&new_user("alice", "alice@example.com"))
+            .create_user(
+                &new_user("alice", "alice@example.com"),
+                &token(),
+                &welcome(),
+            )
             .await
             .unwrap();
         first.pool().close().await;
@@ -588,17 +1027,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir).await;
         let alice = s
-            .create_user(&new_user("Alice", "alice@example.com"))
+            .create_user(
+                &new_user("Alice", "alice@example.com"),
+                &token(),
+                &welcome(),
+            )
             .await
             .unwrap();
         assert_eq!(alice.role, Role::User);
         let e = s
-            .create_user(&new_user("aLICE", "other@example.com"))
+            .create_user(
+                &new_user("aLICE", "other@example.com"),
+                &token(),
+                &welcome(),
+            )
             .await
             .unwrap_err();
         assert!(matches!(e, StoreError::UsernameTaken), "{e:?}");
         let e = s
-            .create_user(&new_user("bob", "ALICE@example.COM"))
+            .create_user(&new_user("bob", "ALICE@example.COM"), &token(), &welcome())
             .await
             .unwrap_err();
         assert!(matches!(e, StoreError::EmailTaken), "{e:?}");
@@ -613,7 +1060,7 @@ mod tests {
             .unwrap()
             .is_some());
         let admin = s
-            .create_user(&NewUser {
+            .create_user_plain(&NewUser {
                 role: Role::Admin,
                 ..new_user("root", "root@example.com")
             })
@@ -629,7 +1076,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir).await;
         let u = s
-            .create_user(&new_user("carol", "carol@example.com"))
+            .create_user(
+                &new_user("carol", "carol@example.com"),
+                &token(),
+                &welcome(),
+            )
             .await
             .unwrap();
         let changed = s
@@ -706,7 +1157,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir).await;
         let u = s
-            .create_user(&new_user("dave", "dave@example.com"))
+            .create_user(&new_user("dave", "dave@example.com"), &token(), &welcome())
             .await
             .unwrap();
         let now = crate::time::now();
@@ -774,7 +1225,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir).await;
         let u = s
-            .create_user(&new_user("erin", "erin@example.com"))
+            .create_user(&new_user("erin", "erin@example.com"), &token(), &welcome())
             .await
             .unwrap();
         let now = crate::time::now();
@@ -830,7 +1281,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Arc::new(store(&dir).await);
         let u = s
-            .create_user(&new_user("frank", "frank@example.com"))
+            .create_user(
+                &new_user("frank", "frank@example.com"),
+                &token(),
+                &welcome(),
+            )
             .await
             .unwrap();
         for round in 0..5 {

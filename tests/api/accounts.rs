@@ -238,7 +238,9 @@ async fn profile_can_be_read_changed_and_deleted(backend: Backend) {
         )
         .await;
     assert_eq!(r.status(), 204);
-    // The account and its sessions are gone.
+    // The account and everything of it is gone (its emails' metadata included)…
+    assert!(!app.db.dump().await.contains("pat.profile"));
+    // …and so are its sessions.
     assert_error(
         app.get_with("/api/auth/me", token).await,
         401,
@@ -252,5 +254,4 @@ async fn profile_can_be_read_changed_and_deleted(backend: Backend) {
         )
         .await;
     assert_error(r, 401, "invalid_credentials").await;
-    assert!(!app.db.dump().await.contains("pat.profile"));
 }

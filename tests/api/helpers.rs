@@ -274,6 +274,32 @@ impl TestApp {
         self._dir
     }
 
+    /// The database this server runs on, for a second server on the same one.
+    pub fn database_url(&self) -> String {
+        match &self.db {
+            TestDb::Postgres(p) => {
+                let name = p
+                    .connect_options()
+                    .get_database()
+                    .unwrap_or_default()
+                    .to_owned();
+                let admin = admin_url();
+                format!(
+                    "{}/{name}",
+                    admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b)
+                )
+            }
+            TestDb::Sqlite(p) => {
+                format!("sqlite://{}", p.connect_options().get_filename().display())
+            }
+        }
+    }
+
+    /// The `DATA_DIR` of this server (signing key, development mailbox).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }
@@ -359,4 +385,46 @@ pub async fn assert_error(response: Response, status: u16, code: &str) -> Value 
     assert!(error["method"].is_string());
     assert!(error["details"].is_array());
     error.clone()
+}
+
+/// Everything the service logs in this test process (from the first call on), to look for
+/// secrets that must never be written.
+#[derive(Clone, Default)]
+pub struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl LogBuffer {
+    pub fn contents(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+pub fn captured_logs() -> &'static LogBuffer {
+    static LOGS: OnceLock<LogBuffer> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = LogBuffer::default();
+        // The most verbose level the service would ever run at.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
+            .with_writer(buffer.clone())
+            .with_ansi(false)
+            .try_init();
+        buffer
+    })
 }

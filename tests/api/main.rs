@@ -3,10 +3,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod helpers;
+mod ipinfo_standin;
+mod smtp_sink;
 
 mod accounts;
+mod email;
 mod embedded;
 mod legacy;
+mod protection;
 mod service;
 mod sessions;
 mod signin;

@@ -1,0 +1,211 @@
+//! Use-cases of email verification, password recovery and password change; each queues its email
+//! in the same transaction as the change.
+
+use std::time::Duration;
+
+use super::tokens::{digest, random_token};
+use super::{normalize_identifier, Auth, ClientInfo, Principal};
+use crate::domain::{Email as EmailAddress, NewPassword};
+use crate::error::{Error, FieldError};
+use crate::mail::templates::{render, Email};
+use crate::store::{NewEmail, NewToken, TokenKind, User};
+use crate::time;
+
+/// Reset links work for an hour, verification links for a day (SPEC §4).
+const RESET_TOKEN_TTL: Duration = Duration::from_secs(3600);
+const VERIFICATION_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+fn required(field: &str, value: &str) -> Result<(), Error> {
+    if value.trim().is_empty() {
+        return Err(Error::Validation(vec![FieldError::new(
+            field,
+            format!("{field} is required."),
+        )]));
+    }
+    Ok(())
+}
+
+impl Auth {
+    fn render(&self, to: &str, email: &Email<'_>) -> Result<NewEmail, Error> {
+        let rendered = render(email).map_err(|e| anyhow::anyhow!("rendering an email: {e}"))?;
+        Ok(NewEmail {
+            kind: rendered.kind.as_str(),
+            to: to.to_owned(),
+            subject: rendered.subject,
+            text: rendered.text,
+            html: rendered.html,
+        })
+    }
+
+    fn verify_link(&self, token: &str) -> String {
+        format!(
+            "{}/api/auth/verify-email?token={token}",
+            self.config.app_url
+        )
+    }
+
+    fn reset_link(&self, token: &str) -> String {
+        let base = &self.config.password_reset_url;
+        let separator = if base.contains('?') { '&' } else { '?' };
+        format!("{base}{separator}token={token}")
+    }
+
+    /// A fresh verification token and the welcome email that carries it.
+    pub(super) fn welcome(&self, name: &str, to: &str) -> Result<(NewToken, NewEmail), Error> {
+        let token = random_token();
+        let email = self.render(
+            to,
+            &Email::Welcome {
+                name,
+                verify_url: &self.verify_link(&token),
+            },
+        )?;
+        let token = NewToken {
+            kind: TokenKind::EmailVerification,
+            hash: digest(&token),
+            expires_at: time::now() + time::duration(VERIFICATION_TOKEN_TTL),
+        };
+        Ok((token, email))
+    }
+
+    /// The account of this address, if there is an active one. Errors only for a malformed
+    /// address, which says nothing about which addresses have accounts.
+    async fn account_for_address(&self, raw: &str) -> Result<Option<User>, Error> {
+        required("email", raw)?;
+        let address = EmailAddress::parse(raw)
+            .map_err(|m| Error::Validation(vec![FieldError::new("email", m)]))?;
+        let identifier = normalize_identifier(address.as_str());
+        let found = self.store.find_credentials(&identifier).await?;
+        Ok(found
+            .map(|c| c.user)
+            .filter(|u| u.active && u.email.to_lowercase() == identifier))
+    }
+
+    /// Forgot-password and resend-verification share one limit per address and one per IP.
+    async fn take_recovery_limits(&self, address: &str, client: &ClientInfo) -> Result<(), Error> {
+        let limits = &self.config.limits;
+        let ip = format!("ip:{}", super::protection::ip_key(client));
+        let address = format!("email:{}", normalize_identifier(address));
+        self.take_limits(
+            "recovery",
+            &[
+                (ip.as_str(), limits.recovery_per_ip),
+                (address.as_str(), limits.recovery_per_email),
+            ],
+        )
+        .await
+    }
+
+    /// Sends a reset link if the address has an account; the caller answers the same either way.
+    pub async fn forgot_password(&self, email: &str, client: &ClientInfo) -> Result<(), Error> {
+        self.take_recovery_limits(email, client).await?;
+        let Some(user) = self.account_for_address(email).await? else {
+            return Ok(());
+        };
+        let token = random_token();
+        let email = self.render(
+            &user.email,
+            &Email::PasswordReset {
+                name: &user.name,
+                reset_url: &self.reset_link(&token),
+            },
+        )?;
+        let now = time::now();
+        let token = NewToken {
+            kind: TokenKind::PasswordReset,
+            hash: digest(&token),
+            expires_at: now + time::duration(RESET_TOKEN_TTL),
+        };
+        self.store
+            .issue_token(user.db_id, &token, &email, now)
+            .await?;
+        self.mail_wake.notify_one();
+        tracing::info!(user = %user.uid, "password reset requested");
+        Ok(())
+    }
+
+    /// Sends a new verification link if the address has an unverified account.
+    pub async fn resend_verification(&self, email: &str, client: &ClientInfo) -> Result<(), Error> {
+        self.take_recovery_limits(email, client).await?;
+        let Some(user) = self.account_for_address(email).await? else {
+            return Ok(());
+        };
+        if user.email_verified {
+            return Ok(());
+        }
+        let (token, email) = self.welcome(&user.name, &user.email)?;
+        self.store
+            .issue_token(user.db_id, &token, &email, time::now())
+            .await?;
+        self.mail_wake.notify_one();
+        Ok(())
+    }
+
+    pub async fn reset_password(&self, token: &str, password: &str) -> Result<(), Error> {
+        required("token", token)?;
+        let hash = digest(token.trim());
+        let user = self
+            .store
+            .token_user(TokenKind::PasswordReset, &hash, time::now())
+            .await?
+            .ok_or(Error::InvalidToken)?;
+        let password = NewPassword::parse(password, &[&user.username, &user.name, &user.email])
+            .map_err(|m| Error::Validation(vec![FieldError::new("password", m)]))?;
+        let password_hash = self.passwords.hash(password.expose().to_owned()).await?;
+        let notice = self.render(&user.email, &Email::PasswordChanged { name: &user.name })?;
+        // The token is used inside the transaction: of two concurrent resets, one wins.
+        self.store
+            .reset_password(&hash, &password_hash, &notice, time::now())
+            .await?
+            .ok_or(Error::InvalidToken)?;
+        self.mail_wake.notify_one();
+        tracing::info!(user = %user.uid, "password reset; all sessions revoked");
+        Ok(())
+    }
+
+    pub async fn verify_email(&self, token: &str) -> Result<User, Error> {
+        required("token", token)?;
+        let user = self
+            .store
+            .verify_email(&digest(token.trim()), time::now())
+            .await?
+            .ok_or(Error::InvalidToken)?;
+        tracing::info!(user = %user.uid, "email verified");
+        Ok(user)
+    }
+
+    /// Signed in, with the current password; every other session is revoked.
+    pub async fn change_password(
+        &self,
+        principal: &Principal,
+        current: String,
+        new: &str,
+    ) -> Result<(), Error> {
+        required("current_password", &current)?;
+        let user = &principal.user;
+        let new = NewPassword::parse(new, &[&user.username, &user.name, &user.email])
+            .map_err(|m| Error::Validation(vec![FieldError::new("new_password", m)]))?;
+        let stored = self
+            .store
+            .credentials_by_id(user.db_id)
+            .await?
+            .map(|c| c.password_hash);
+        if self.passwords.verify(current, stored).await? == super::password::Verification::Invalid {
+            return Err(Error::InvalidCredentials);
+        }
+        let password_hash = self.passwords.hash(new.expose().to_owned()).await?;
+        let notice = self.render(&user.email, &Email::PasswordChanged { name: &user.name })?;
+        self.store
+            .change_password(
+                user.db_id,
+                &password_hash,
+                &principal.session_id,
+                &notice,
+                time::now(),
+            )
+            .await?;
+        self.mail_wake.notify_one();
+        tracing::info!(user = %user.uid, "password changed; other sessions revoked");
+        Ok(())
+    }
+}

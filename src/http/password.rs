@@ -1,0 +1,94 @@
+//! `/api/password`: forgotten-password emails, resets with an emailed token, and changes.
+
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::{ApiJson, AuthUser, Client};
+use super::{AppState, MessageResponse};
+use crate::error::{Error, ErrorEnvelope};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(forgot_password))
+        .routes(routes!(reset_password))
+        .routes(routes!(change_password))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct EmailRequest {
+    pub email: String,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct ResetPasswordRequest {
+    /// The `token` of the emailed link.
+    pub token: String,
+    pub password: String,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct ChangePasswordRequest {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+/// The same answer whether or not the address has an account.
+pub const RECOVERY_MESSAGE: &str = "If an account exists for this address, an email is on its way.";
+
+fn message(text: &str) -> Json<MessageResponse> {
+    Json(MessageResponse {
+        message: text.to_owned(),
+    })
+}
+
+/// Email a password-reset link (valid 1 hour) if the address has an account.
+#[utoipa::path(post, path = "/forgot-password", tag = "password", request_body = EmailRequest,
+    responses((status = 200, description = "Same answer for any address", body = MessageResponse),
+        (status = 400, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope)))]
+async fn forgot_password(
+    State(state): State<AppState>,
+    Client(client): Client,
+    ApiJson(body): ApiJson<EmailRequest>,
+) -> Result<Json<MessageResponse>, Error> {
+    state.auth.forgot_password(&body.email, &client).await?;
+    Ok(message(RECOVERY_MESSAGE))
+}
+
+/// Set a new password with an emailed token; every session is revoked.
+#[utoipa::path(post, path = "/reset-password", tag = "password", request_body = ResetPasswordRequest,
+    responses((status = 200, body = MessageResponse),
+        (status = 400, description = "invalid_token, or validation_failed", body = ErrorEnvelope)))]
+async fn reset_password(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<ResetPasswordRequest>,
+) -> Result<Json<MessageResponse>, Error> {
+    state
+        .auth
+        .reset_password(&body.token, &body.password)
+        .await?;
+    Ok(message("Password updated successfully!"))
+}
+
+/// Change the password of the signed-in user; other sessions are revoked.
+#[utoipa::path(post, path = "/change", tag = "password", request_body = ChangePasswordRequest,
+    responses((status = 200, body = MessageResponse), (status = 400, body = ErrorEnvelope),
+        (status = 401, description = "unauthorized, or invalid_credentials (wrong current password)", body = ErrorEnvelope)),
+    security(("bearer" = []), ("cookie" = [])))]
+async fn change_password(
+    State(state): State<AppState>,
+    AuthUser(principal): AuthUser,
+    ApiJson(body): ApiJson<ChangePasswordRequest>,
+) -> Result<Json<MessageResponse>, Error> {
+    state
+        .auth
+        .change_password(&principal, body.current_password, &body.new_password)
+        .await?;
+    Ok(message("Password changed successfully!"))
+}

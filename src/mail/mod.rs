@@ -1,0 +1,5 @@
+//! Email: templates, the outbox worker, and the SMTP and dev-mailbox transports.
+
+pub mod outbox;
+pub mod templates;
+pub mod transport;

@@ -1,0 +1,236 @@
+//! The service's emails: askama templates in `templates/email/`, each HTML with a text part.
+
+use askama::Template;
+
+/// Which email it is; also its `kind` in the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmailKind {
+    Welcome,
+    PasswordReset,
+    PasswordChanged,
+}
+
+impl EmailKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EmailKind::Welcome => "welcome",
+            EmailKind::PasswordReset => "password_reset",
+            EmailKind::PasswordChanged => "password_changed",
+        }
+    }
+}
+
+/// An email to render, with what it needs. No variant carries a password.
+#[derive(Clone, Copy)]
+pub enum Email<'a> {
+    /// Sent at sign-up; `verify_url` carries the verification token (valid 24 hours).
+    Welcome {
+        name: &'a str,
+        verify_url: &'a str,
+    },
+    /// `reset_url` carries the reset token (valid 1 hour).
+    PasswordReset {
+        name: &'a str,
+        reset_url: &'a str,
+    },
+    PasswordChanged {
+        name: &'a str,
+    },
+}
+
+impl Email<'_> {
+    pub fn kind(&self) -> EmailKind {
+        match self {
+            Email::Welcome { .. } => EmailKind::Welcome,
+            Email::PasswordReset { .. } => EmailKind::PasswordReset,
+            Email::PasswordChanged { .. } => EmailKind::PasswordChanged,
+        }
+    }
+}
+
+impl std::fmt::Debug for Email<'_> {
+    /// Links carry tokens: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Email")
+            .field("kind", &self.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A rendered email, ready for the outbox.
+#[derive(Clone)]
+pub struct Rendered {
+    pub kind: EmailKind,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+impl std::fmt::Debug for Rendered {
+    /// Bodies carry tokens: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rendered")
+            .field("kind", &self.kind)
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+pub fn render(email: &Email<'_>) -> Result<Rendered, askama::Error> {
+    let (subject, text, html) = match *email {
+        Email::Welcome { name, verify_url } => (
+            "Welcome to Auth Flow: please verify your email",
+            WelcomeText { name, verify_url }.render()?,
+            WelcomeHtml { name, verify_url }.render()?,
+        ),
+        Email::PasswordReset { name, reset_url } => (
+            "Reset your Auth Flow password",
+            PasswordResetText { name, reset_url }.render()?,
+            PasswordResetHtml { name, reset_url }.render()?,
+        ),
+        Email::PasswordChanged { name } => (
+            "Your Auth Flow password was changed",
+            PasswordChangedText { name }.render()?,
+            PasswordChangedHtml { name }.render()?,
+        ),
+    };
+    Ok(Rendered {
+        kind: email.kind(),
+        subject: subject.to_owned(),
+        text,
+        html,
+    })
+}
+
+// `.txt` templates are not escaped (plain text); `.html` ones are.
+
+#[derive(Template)]
+#[template(path = "email/welcome.txt")]
+struct WelcomeText<'a> {
+    name: &'a str,
+    verify_url: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "email/welcome.html")]
+struct WelcomeHtml<'a> {
+    name: &'a str,
+    verify_url: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "email/password_reset.txt")]
+struct PasswordResetText<'a> {
+    name: &'a str,
+    reset_url: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "email/password_reset.html")]
+struct PasswordResetHtml<'a> {
+    name: &'a str,
+    reset_url: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "email/password_changed.txt")]
+struct PasswordChangedText<'a> {
+    name: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "email/password_changed.html")]
+struct PasswordChangedHtml<'a> {
+    name: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VERIFY: &str = "http://localhost:8080/api/auth/verify-email?token=abc_DEF-123";
+    const RESET: &str = "https://app.example.com/reset-password?token=xyz_987-Q";
+
+    fn all(name: &str) -> Vec<Rendered> {
+        [
+            Email::Welcome {
+                name,
+                verify_url: VERIFY,
+            },
+            Email::PasswordReset {
+                name,
+                reset_url: RESET,
+            },
+            Email::PasswordChanged { name },
+        ]
+        .iter()
+        .map(|e| render(e).unwrap())
+        .collect()
+    }
+
+    #[test]
+    fn each_email_renders_with_both_parts_naming_the_service() {
+        let rendered = all("Ada Lovelace");
+        let kinds: Vec<_> = rendered.iter().map(|r| r.kind.as_str()).collect();
+        assert_eq!(kinds, ["welcome", "password_reset", "password_changed"]);
+        for r in &rendered {
+            assert!(r.subject.contains("Auth Flow"), "{}", r.subject);
+            assert!(r.text.contains("Hello Ada Lovelace,"), "{}", r.text);
+            assert!(r.text.contains("Auth Flow"));
+            assert!(r.html.contains("Hello Ada Lovelace,"), "{}", r.html);
+            assert!(r.html.contains("Auth Flow"));
+            assert!(r.html.starts_with("<!DOCTYPE html>"));
+            assert!(!r.html.contains("<style"), "inline styles only");
+            assert!(!r.text.to_lowercase().contains("password:"));
+        }
+    }
+
+    #[test]
+    fn links_are_on_their_own_line_in_text_and_hrefs_in_html() {
+        let rendered = all("Ada");
+        for (r, url) in [(&rendered[0], VERIFY), (&rendered[1], RESET)] {
+            assert!(r.text.lines().any(|line| line == url), "{}", r.text);
+            assert!(r.html.contains(&format!("href=\"{url}\"")), "{}", r.html);
+        }
+        assert!(!rendered[2].text.contains("http"));
+    }
+
+    #[test]
+    fn each_email_says_what_it_should() {
+        let rendered = all("Ada");
+        assert!(rendered[0].text.contains("24 hours"));
+        assert!(rendered[0].html.contains("24 hours"));
+        assert!(rendered[1].text.contains("1 hour"));
+        assert!(rendered[1]
+            .text
+            .contains("If you did not ask for this, ignore this email"));
+        assert!(rendered[1]
+            .html
+            .contains("If you did not ask for this, ignore this email"));
+        assert!(rendered[2].text.contains("was just changed"));
+        assert!(rendered[2]
+            .text
+            .contains("If you did not change your password"));
+        assert!(rendered[2]
+            .html
+            .contains("If you did not change your password"));
+    }
+
+    #[test]
+    fn html_escapes_names_and_links() {
+        let r = render(&Email::Welcome {
+            name: "<script>alert(1)</script>",
+            verify_url: "https://x.example/v?token=a&next=\"><b>",
+        })
+        .unwrap();
+        assert!(!r.html.contains("<script>"), "{}", r.html);
+        assert!(!r.html.contains("\"><b>"), "{}", r.html);
+        assert!(r.html.contains("alert(1)"));
+        // Text is not HTML: it keeps what it was given.
+        assert!(r.text.contains("Hello <script>alert(1)</script>,"));
+        assert!(r
+            .text
+            .lines()
+            .any(|l| l == "https://x.example/v?token=a&next=\"><b>"));
+    }
+}
