@@ -29,10 +29,16 @@ pub struct App {
     outbox: Outbox,
 }
 
-impl App {
-    /// Connects and migrates the database, loads keys and binds `APP_HOST:APP_PORT` (port 0
-    /// picks a free one).
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
+/// The service's parts, wired together: what the server and the command line share.
+pub struct Services {
+    pub config: Arc<Config>,
+    pub auth: Arc<Auth>,
+    pub outbox: Outbox,
+}
+
+impl Services {
+    /// Connects and migrates the database, loads keys, sets up mail and geolocation.
+    pub async fn connect(config: Config) -> anyhow::Result<Self> {
         let config = Arc::new(config);
         let store = store::connect(&config)
             .await
@@ -56,9 +62,6 @@ impl App {
             &config.ipinfo_url,
             config.ipinfo_token.clone(),
         )?);
-        if !config.limits.enabled {
-            tracing::warn!("RATE_LIMITS=off: every rate limit is disabled");
-        }
         let auth = Arc::new(Auth::new(
             store,
             passwords,
@@ -67,6 +70,25 @@ impl App {
             wake,
             geo,
         ));
+        Ok(Self {
+            config,
+            auth,
+            outbox,
+        })
+    }
+}
+
+impl App {
+    /// Wires the services and binds `APP_HOST:APP_PORT` (port 0 picks a free one).
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let Services {
+            config,
+            auth,
+            outbox,
+        } = Services::connect(config).await?;
+        if !config.limits.enabled {
+            tracing::warn!("RATE_LIMITS=off: every rate limit is disabled");
+        }
         let state = AppState {
             auth,
             origins: Arc::new(OriginPolicy::new(&config)),

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use authflow::app::{shutdown_signal, App};
+use authflow::app::{shutdown_signal, App, Services};
 use authflow::config::{Config, LogFormat};
 
 #[derive(Parser)]
@@ -24,6 +24,16 @@ enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Create an administrator, or make the account with this username one; prints its id.
+    /// The password comes from ADMIN_PASSWORD, else it is asked for without echo.
+    CreateAdmin {
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Time the password hash on this machine (for capacity planning).
     #[command(hide = true)]
     HashBenchmark {
@@ -35,7 +45,9 @@ enum Command {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Pretty => builder.init(),
@@ -59,6 +71,11 @@ async fn main() -> ExitCode {
             authflow::auth::password::benchmark(rounds);
             Ok(())
         }
+        Command::CreateAdmin {
+            username,
+            email,
+            name,
+        } => create_admin(config, &username, &email, name.as_deref()).await,
         Command::Migrate => authflow::store::connect(&config)
             .await
             .map(|_| tracing::info!("migrations applied"))
@@ -78,4 +95,47 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let app = App::build(config).await?;
     tracing::info!(port = app.port(), "authflow listening");
     app.run_until_stopped(shutdown_signal()).await
+}
+
+fn admin_password() -> anyhow::Result<String> {
+    if let Ok(password) = std::env::var("ADMIN_PASSWORD") {
+        return Ok(password);
+    }
+    let password = rpassword::prompt_password("Password for the administrator: ")?;
+    let again = rpassword::prompt_password("Once more: ")?;
+    anyhow::ensure!(password == again, "the two passwords differ");
+    Ok(password)
+}
+
+async fn create_admin(
+    config: Config,
+    username: &str,
+    email: &str,
+    name: Option<&str>,
+) -> anyhow::Result<()> {
+    let password = admin_password()?;
+    let services = Services::connect(config).await?;
+    match services
+        .auth
+        .create_admin(username, email, name, &password)
+        .await
+    {
+        Ok((user, created)) => {
+            let what = if created {
+                "created"
+            } else {
+                "made an administrator"
+            };
+            tracing::info!(user = %user.uid, "{what}");
+            println!("{}", user.uid);
+            Ok(())
+        }
+        Err(authflow::error::Error::Validation(details)) => {
+            for d in details {
+                eprintln!("{}: {}", d.field, d.message);
+            }
+            anyhow::bail!("the administrator was not created")
+        }
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    }
 }

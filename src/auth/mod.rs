@@ -1,5 +1,7 @@
 //! Use-cases of accounts, sign-in, tokens and sessions, over `&dyn Store`; nothing here knows HTTP.
 
+mod admin;
+mod api_keys;
 pub mod password;
 mod protection;
 mod recovery;
@@ -19,6 +21,7 @@ use crate::store::{
     Store, User,
 };
 use crate::time::{self, Timestamp};
+pub use api_keys::{is_api_key, CreatedKey, KeyRequest, Scope};
 use password::{Passwords, Verification};
 use tokens::{digest, random_token, Jwt};
 
@@ -52,11 +55,40 @@ pub struct IssuedTokens {
     pub user: User,
 }
 
-/// An authenticated caller: an active session of an active user, as of this request.
+/// An authenticated caller: an active user, as of this request, and how they proved it.
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub user: User,
-    pub session_id: String,
+    pub credential: Credential,
+}
+
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// An active session (access token or cookie).
+    Session(String),
+    /// An API key, limited to its scopes.
+    ApiKey { id: String, scopes: Vec<Scope> },
+}
+
+impl Principal {
+    /// The session, for what only a signed-in person (not an API key) may do.
+    pub fn session_id(&self) -> Result<&str, Error> {
+        match &self.credential {
+            Credential::Session(id) => Ok(id),
+            Credential::ApiKey { .. } => Err(Error::Forbidden(
+                "API keys cannot manage keys, passwords, sessions or the account.",
+            )),
+        }
+    }
+
+    /// Whether the caller may act within `scope`: a session may do what its user may, a key
+    /// only what its scopes name — and never more than its owner (checked by the caller).
+    pub fn has_scope(&self, scope: Scope) -> bool {
+        match &self.credential {
+            Credential::Session(_) => true,
+            Credential::ApiKey { scopes, .. } => scopes.contains(&scope),
+        }
+    }
 }
 
 /// How long a session's `last_used_at` may lag behind before a request refreshes it.
@@ -111,11 +143,25 @@ impl Auth {
                 )]))
             }
         };
-        if role == Role::Admin && !caller.is_some_and(|c| c.user.role == Role::Admin) {
+        // A signed-in administrator (not a key) may create administrators.
+        let admin_caller =
+            caller.is_some_and(|c| c.user.role == Role::Admin && c.session_id().is_ok());
+        if role == Role::Admin && !admin_caller {
             return Err(Error::Forbidden(
                 "Only an administrator can create administrator accounts.",
             ));
         }
+        self.create_account(input, role, Some(client)).await
+    }
+
+    /// Validates and creates the account with its welcome email; `client` is counted
+    /// against the sign-up limit (the command line has none).
+    async fn create_account(
+        &self,
+        input: Registration,
+        role: Role,
+        client: Option<&ClientInfo>,
+    ) -> Result<User, Error> {
         let mut errors = ValidationErrors::default();
         let name = errors.check("name", DisplayName::parse(&input.name));
         let username = errors.check("username", Username::parse(&input.username));
@@ -131,12 +177,14 @@ impl Auth {
         else {
             return Err(errors.into());
         };
-        let ip = protection::ip_key(client);
-        self.take_limits(
-            "signup",
-            &[(ip.as_str(), self.config.limits.signups_per_ip)],
-        )
-        .await?;
+        if let Some(client) = client {
+            let ip = protection::ip_key(client);
+            self.take_limits(
+                "signup",
+                &[(ip.as_str(), self.config.limits.signups_per_ip)],
+            )
+            .await?;
+        }
         let password_hash = self.passwords.hash(password.expose().to_owned()).await?;
         let (verification, welcome) = self.welcome(name.as_str(), email.as_str())?;
         let user = self
@@ -344,18 +392,19 @@ impl Auth {
         }
         Principal {
             user: su.user,
-            session_id: su.session.id,
+            credential: Credential::Session(su.session.id),
         }
     }
 
     pub async fn logout(&self, principal: &Principal) -> Result<(), Error> {
         self.store
-            .revoke_session(principal.user.db_id, &principal.session_id, time::now())
+            .revoke_session(principal.user.db_id, principal.session_id()?, time::now())
             .await?;
         Ok(())
     }
 
     pub async fn logout_all(&self, principal: &Principal) -> Result<u64, Error> {
+        principal.session_id()?;
         Ok(self
             .store
             .revoke_all_sessions(principal.user.db_id, time::now())
@@ -363,6 +412,7 @@ impl Auth {
     }
 
     pub async fn sessions(&self, principal: &Principal) -> Result<Vec<Session>, Error> {
+        principal.session_id()?;
         Ok(self
             .store
             .list_sessions(principal.user.db_id, time::now())
@@ -374,6 +424,7 @@ impl Auth {
         principal: &Principal,
         session_id: &str,
     ) -> Result<(), Error> {
+        principal.session_id()?;
         if self
             .store
             .revoke_session(principal.user.db_id, session_id, time::now())
@@ -391,6 +442,7 @@ impl Auth {
         name: Option<&str>,
         phone: Option<&str>,
     ) -> Result<User, Error> {
+        principal.session_id()?;
         let mut errors = ValidationErrors::default();
         let name = name.and_then(|n| errors.check("name", DisplayName::parse(n)));
         let phone = phone.and_then(|p| errors.check("phone", Phone::parse(p)));
@@ -411,6 +463,7 @@ impl Auth {
         principal: &Principal,
         limit: i64,
     ) -> Result<Vec<crate::store::LoginRecord>, Error> {
+        self.own_profile(principal)?;
         Ok(self
             .store
             .login_history(principal.user.db_id, limit.clamp(1, 200))
@@ -423,6 +476,7 @@ impl Auth {
         principal: &Principal,
         password: String,
     ) -> Result<(), Error> {
+        principal.session_id()?;
         if password.is_empty() {
             return Err(Error::Validation(vec![crate::error::FieldError::new(
                 "password",

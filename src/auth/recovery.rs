@@ -181,6 +181,7 @@ impl Auth {
         current: String,
         new: &str,
     ) -> Result<(), Error> {
+        principal.session_id()?;
         required("current_password", &current)?;
         let user = &principal.user;
         let new = NewPassword::parse(new, &[&user.username, &user.name, &user.email])
@@ -199,7 +200,7 @@ impl Auth {
             .change_password(
                 user.db_id,
                 &password_hash,
-                &principal.session_id,
+                principal.session_id()?,
                 &notice,
                 time::now(),
             )

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{ApiJson, AuthUser, Client, SESSION_COOKIE};
+use super::extract::{ApiJson, AuthUser, Caller, Client, SESSION_COOKIE};
 use super::{AppState, MessageResponse, UserView};
 use crate::auth::IssuedTokens;
 use crate::error::{Error, ErrorEnvelope, FinalBody};
@@ -137,10 +137,14 @@ async fn signin(
 
 /// The signed-in user (the old service's profile route).
 #[utoipa::path(get, path = "/me", tag = "auth",
-    responses((status = 200, body = UserView), (status = 401, body = ErrorEnvelope)),
-    security(("bearer" = []), ("cookie" = [])))]
-async fn me(AuthUser(principal): AuthUser) -> Json<UserView> {
-    Json(UserView::from(&principal.user))
+    responses((status = 200, body = UserView), (status = 401, body = ErrorEnvelope),
+        (status = 403, description = "an API key without profile:read", body = ErrorEnvelope)),
+    security(("bearer" = []), ("cookie" = []), ("api_key" = [])))]
+async fn me(
+    State(state): State<AppState>,
+    Caller(principal): Caller,
+) -> Result<Json<UserView>, Error> {
+    Ok(Json(UserView::from(&state.auth.own_profile(&principal)?)))
 }
 
 /// Exchange a refresh token for new tokens; the old refresh token stops working.
@@ -198,11 +202,12 @@ async fn sessions(
     AuthUser(principal): AuthUser,
 ) -> Result<Json<SessionsResponse>, Error> {
     let sessions = state.auth.sessions(&principal).await?;
+    let current = principal.session_id()?;
     Ok(Json(SessionsResponse {
         sessions: sessions
             .into_iter()
             .map(|s| SessionView {
-                current: s.id == principal.session_id,
+                current: s.id == current,
                 id: s.id,
                 created_at: crate::time::rfc3339(s.created_at),
                 last_used_at: crate::time::rfc3339(s.last_used_at),

@@ -9,8 +9,11 @@ use axum::http::{header, StatusCode};
 use axum_extra::extract::cookie::CookieJar;
 
 use super::AppState;
-use crate::auth::{ClientInfo, Principal};
+use crate::auth::{is_api_key, ClientInfo, Principal};
 use crate::error::Error;
+
+/// The header an API key may come in, instead of `Authorization: Bearer`.
+pub const API_KEY_HEADER: &str = "x-api-key";
 
 /// The session cookie's name, as the old service's `express-session` called it.
 pub const SESSION_COOKIE: &str = "auth.sid";
@@ -45,10 +48,25 @@ fn json_problem(rejection: &JsonRejection) -> String {
         .unwrap_or(text)
 }
 
-/// The caller, authenticated by `Authorization: Bearer <jwt>` or the `auth.sid` cookie.
+/// A signed-in person: a session by `Authorization: Bearer <jwt>` or the `auth.sid` cookie.
+/// API keys are refused (403): they never manage keys, passwords, sessions or the account.
 pub struct AuthUser(pub Principal);
 
 impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let Caller(principal) = Caller::from_request_parts(parts, state).await?;
+        principal.session_id()?;
+        Ok(Self(principal))
+    }
+}
+
+/// Any authenticated caller: a session, or an API key (`Authorization: Bearer afk_…` or
+/// `X-API-Key`), whose scopes the use-case checks.
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<AppState> for Caller {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
@@ -66,6 +84,10 @@ impl FromRequestParts<AppState> for MaybeAuthUser {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        if let Some(value) = parts.headers.get(API_KEY_HEADER) {
+            let key = value.to_str().map_err(|_| Error::Unauthorized)?.trim();
+            return Ok(Self(Some(state.auth.authenticate_api_key(key).await?)));
+        }
         if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
             let token = value
                 .to_str()
@@ -75,7 +97,12 @@ impl FromRequestParts<AppState> for MaybeAuthUser {
                     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
                 })
                 .ok_or(Error::Unauthorized)?;
-            return Ok(Self(Some(state.auth.authenticate_bearer(token).await?)));
+            let principal = if is_api_key(token) {
+                state.auth.authenticate_api_key(token).await?
+            } else {
+                state.auth.authenticate_bearer(token).await?
+            };
+            return Ok(Self(Some(principal)));
         }
         let jar = CookieJar::from_headers(&parts.headers);
         let Some(cookie) = jar.get(SESSION_COOKIE) else {

@@ -1,9 +1,11 @@
 //! The HTTP edge: `router()` merges each route group with the layers every answer goes through.
 
+mod admin;
 mod auth;
 pub mod cors;
 mod docs;
 pub mod extract;
+mod keys;
 mod password;
 mod users;
 
@@ -93,7 +95,7 @@ pub struct StatusResponse {
 #[openapi(
     info(
         title = "Auth Flow",
-        description = "Accounts, sign-in, JWT access tokens with refresh and revocation, sessions."
+        description = "Accounts, sign-in, JWT access tokens with refresh and revocation, sessions, password recovery and email verification, sign-in history, administration and API keys."
     ),
     components(schemas(crate::error::ErrorEnvelope)),
     modifiers(&SecuritySchemes)
@@ -113,6 +115,13 @@ impl Modify for SecuritySchemes {
                     .bearer_format("JWT")
                     .build(),
             ),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                extract::API_KEY_HEADER,
+                "An API key (afk_…), also accepted as Authorization: Bearer afk_…",
+            ))),
         );
         components.add_security_scheme(
             "cookie",
@@ -155,8 +164,10 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(health))
         .routes(routes!(ready))
         .nest("/api/auth", auth::router())
-        .nest("/api/users", users::router())
+        .nest("/api/users", users::router().merge(admin::list_router()))
         .nest("/api/password", password::router())
+        .nest("/api/admin", admin::router())
+        .merge(keys::router())
 }
 
 pub fn router(state: AppState) -> Router {

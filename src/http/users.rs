@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{ApiJson, AuthUser, Client, MaybeAuthUser};
+use super::extract::{ApiJson, AuthUser, Caller, Client, MaybeAuthUser};
 use super::{AppState, UserView};
 use crate::auth::Registration;
 use crate::error::{Error, ErrorEnvelope};
@@ -46,11 +46,12 @@ pub struct LoginHistoryResponse {
 
 /// The signed-in user's sign-in attempts, newest first.
 #[utoipa::path(get, path = "/me/login-history", tag = "users", params(HistoryQuery),
-    responses((status = 200, body = LoginHistoryResponse), (status = 401, body = ErrorEnvelope)),
-    security(("bearer" = []), ("cookie" = [])))]
+    responses((status = 200, body = LoginHistoryResponse), (status = 401, body = ErrorEnvelope),
+        (status = 403, description = "an API key without profile:read", body = ErrorEnvelope)),
+    security(("bearer" = []), ("cookie" = []), ("api_key" = [])))]
 async fn login_history(
     State(state): State<AppState>,
-    AuthUser(principal): AuthUser,
+    Caller(principal): Caller,
     axum::extract::Query(query): axum::extract::Query<HistoryQuery>,
 ) -> Result<Json<LoginHistoryResponse>, Error> {
     let records = state
@@ -145,10 +146,14 @@ async fn create_account(
 
 /// The signed-in user.
 #[utoipa::path(get, path = "/me", tag = "users",
-    responses((status = 200, body = UserView), (status = 401, body = ErrorEnvelope)),
-    security(("bearer" = []), ("cookie" = [])))]
-async fn get_me(AuthUser(principal): AuthUser) -> Json<UserView> {
-    Json(UserView::from(&principal.user))
+    responses((status = 200, body = UserView), (status = 401, body = ErrorEnvelope),
+        (status = 403, description = "an API key without profile:read", body = ErrorEnvelope)),
+    security(("bearer" = []), ("cookie" = []), ("api_key" = [])))]
+async fn get_me(
+    State(state): State<AppState>,
+    Caller(principal): Caller,
+) -> Result<Json<UserView>, Error> {
+    Ok(Json(UserView::from(&state.auth.own_profile(&principal)?)))
 }
 
 /// Change the signed-in user's name or phone.

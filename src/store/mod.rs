@@ -251,6 +251,46 @@ pub struct LoginRecord {
     pub created_at: Timestamp,
 }
 
+/// An API key as its owner sees it (never its secret).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ApiKey {
+    #[sqlx(rename = "key_id")]
+    pub id: String,
+    pub name: String,
+    /// Space-separated scope names.
+    pub scopes: String,
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub last_used_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    pub id: String,
+    pub user_db_id: i64,
+    pub name: String,
+    pub secret_hash: String,
+    pub scopes: String,
+    pub now: Timestamp,
+    pub expires_at: Option<Timestamp>,
+}
+
+/// A live key (unexpired, owner active) with what is needed to check and use it.
+#[derive(Debug, Clone)]
+pub struct KeyOwner {
+    pub key: ApiKey,
+    pub secret_hash: String,
+    pub user: User,
+}
+
+/// What an administrator may change about an account.
+#[derive(Debug, Clone, Default)]
+pub struct AdminChange {
+    pub role: Option<Role>,
+    pub active: Option<bool>,
+    pub email_verified: Option<bool>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ProfileChange {
     pub name: Option<String>,
@@ -385,6 +425,38 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<LoginRecord>, StoreError>;
 
+    /// By public id (`user_uid`).
+    async fn user_by_uid(&self, uid: &str) -> Result<Option<User>, StoreError>;
+    /// Accounts whose username, email or name contains `query` (case-insensitively), oldest
+    /// first, with the total count of matches.
+    async fn list_users(
+        &self,
+        query: Option<&str>,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<User>, i64), StoreError>;
+    /// Applies the change; a changed role or a deactivation revokes every session, atomically.
+    async fn admin_update_user(
+        &self,
+        user_db_id: i64,
+        change: &AdminChange,
+        now: Timestamp,
+    ) -> Result<User, StoreError>;
+
+    async fn create_api_key(&self, key: &NewApiKey) -> Result<(), StoreError>;
+    /// Newest first.
+    async fn list_api_keys(&self, user_db_id: i64) -> Result<Vec<ApiKey>, StoreError>;
+    /// `false` when the user has no such key.
+    async fn delete_api_key(&self, user_db_id: i64, key_id: &str) -> Result<bool, StoreError>;
+    /// The key and its owner if the key exists, has not expired and the owner is active: one
+    /// round trip.
+    async fn api_key_owner(
+        &self,
+        key_id: &str,
+        now: Timestamp,
+    ) -> Result<Option<KeyOwner>, StoreError>;
+    async fn touch_api_key(&self, key_id: &str, now: Timestamp) -> Result<(), StoreError>;
+
     /// Claims the next due email until `lease_until` (after which another worker may take
     /// it again), or `None` when nothing is due.
     async fn claim_email(
@@ -398,6 +470,16 @@ pub trait Store: Send + Sync + 'static {
         delivery: &Delivery,
         now: Timestamp,
     ) -> Result<(), StoreError>;
+}
+
+/// A `LIKE … ESCAPE '\\'` pattern matching values that contain `query` (lower-cased).
+pub(crate) fn contains_pattern(query: &str) -> String {
+    let escaped = query
+        .to_lowercase()
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
 }
 
 /// Connects to the database named by the configuration and brings its schema up to date.

@@ -7,9 +7,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::{
-    Credentials, Delivery, FailureCounts, LoginRecord, NewEmail, NewSession, NewToken, NewUser,
-    OutboxEmail, ProfileChange, RefreshOutcome, Role, Rotation, Session, SessionUser,
-    SignInAttempt, Store, StoreError, TokenKind, User,
+    AdminChange, ApiKey, Credentials, Delivery, FailureCounts, KeyOwner, LoginRecord, NewApiKey,
+    NewEmail, NewSession, NewToken, NewUser, OutboxEmail, ProfileChange, RefreshOutcome, Role,
+    Rotation, Session, SessionUser, SignInAttempt, Store, StoreError, TokenKind, User,
 };
 use crate::time::Timestamp;
 
@@ -110,6 +110,36 @@ impl From<SessionUserRow> for SessionUser {
     fn from(r: SessionUserRow) -> Self {
         SessionUser {
             session: r.session.into(),
+            user: r.user.into(),
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyOwnerRow {
+    key_id: String,
+    key_name: String,
+    scopes: String,
+    key_created_at: Timestamp,
+    key_expires_at: Option<Timestamp>,
+    key_last_used_at: Option<Timestamp>,
+    secret_hash: String,
+    #[sqlx(flatten)]
+    user: UserRow,
+}
+
+impl From<KeyOwnerRow> for KeyOwner {
+    fn from(r: KeyOwnerRow) -> Self {
+        KeyOwner {
+            key: ApiKey {
+                id: r.key_id,
+                name: r.key_name,
+                scopes: r.scopes,
+                created_at: r.key_created_at,
+                expires_at: r.key_expires_at,
+                last_used_at: r.key_last_used_at,
+            },
+            secret_hash: r.secret_hash.trim_end().to_owned(),
             user: r.user.into(),
         }
     }
@@ -921,6 +951,149 @@ impl Store for SqliteStore {
                 },
             )
             .collect())
+    }
+
+    async fn user_by_uid(&self, uid: &str) -> Result<Option<User>, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users u LEFT JOIN roles r ON r.role_id = u.role_id \
+             WHERE u.user_uid = $1"
+        );
+        let row: Option<UserRow> = sqlx::query_as(&sql)
+            .bind(uid)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(Into::into))
+    }
+
+    async fn list_users(
+        &self,
+        query: Option<&str>,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<User>, i64), StoreError> {
+        let pattern = query.map(super::contains_pattern);
+        let filter = "($1 IS NULL OR lower(u.username) LIKE $1 ESCAPE '\\' \
+             OR lower(u.email) LIKE $1 ESCAPE '\\' OR lower(u.full_name) LIKE $1 ESCAPE '\\')";
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users u LEFT JOIN roles r ON r.role_id = u.role_id \
+             WHERE {filter} ORDER BY u.created_at, u.user_db_id LIMIT $2 OFFSET $3"
+        );
+        let rows: Vec<UserRow> = sqlx::query_as(&sql)
+            .bind(&pattern)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await?;
+        let (total,): (i64,) =
+            sqlx::query_as(&format!("SELECT count(*) FROM users u WHERE {filter}"))
+                .bind(&pattern)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok((rows.into_iter().map(Into::into).collect(), total))
+    }
+
+    async fn admin_update_user(
+        &self,
+        user_db_id: i64,
+        change: &AdminChange,
+        now: Timestamp,
+    ) -> Result<User, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let before = Self::user_by_id(&mut tx, user_db_id).await?;
+        sqlx::query(
+            "UPDATE users SET \
+             role_id = CASE WHEN $2 IS NULL THEN role_id \
+                       ELSE (SELECT role_id FROM roles WHERE name = $2) END, \
+             active = COALESCE($3, active), email_verified = COALESCE($4, email_verified) \
+             WHERE user_db_id = $1",
+        )
+        .bind(user_db_id)
+        .bind(change.role.map(Role::as_str))
+        .bind(change.active)
+        .bind(change.email_verified)
+        .execute(&mut *tx)
+        .await?;
+        let after = Self::user_by_id(&mut tx, user_db_id).await?;
+        if after.role != before.role || (before.active && !after.active) {
+            sqlx::query(
+                "UPDATE auth_sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+            )
+            .bind(user_db_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(after)
+    }
+
+    async fn create_api_key(&self, key: &NewApiKey) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_keys (key_id, user_id, name, secret_hash, scopes, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&key.id)
+        .bind(key.user_db_id)
+        .bind(&key.name)
+        .bind(&key.secret_hash)
+        .bind(&key.scopes)
+        .bind(key.now)
+        .bind(key.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_api_keys(&self, user_db_id: i64) -> Result<Vec<ApiKey>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT key_id, name, scopes, created_at, expires_at, last_used_at FROM api_keys \
+             WHERE user_id = $1 ORDER BY created_at DESC, key_id",
+        )
+        .bind(user_db_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn delete_api_key(&self, user_db_id: i64, key_id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM api_keys WHERE user_id = $1 AND key_id = $2")
+            .bind(user_db_id)
+            .bind(key_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn api_key_owner(
+        &self,
+        key_id: &str,
+        now: Timestamp,
+    ) -> Result<Option<KeyOwner>, StoreError> {
+        let sql = format!(
+            "SELECT k.key_id, k.name AS key_name, k.scopes, k.created_at AS key_created_at, \
+             k.expires_at AS key_expires_at, k.last_used_at AS key_last_used_at, k.secret_hash, \
+             {USER_COLUMNS} FROM api_keys k JOIN users u ON u.user_db_id = k.user_id \
+             LEFT JOIN roles r ON r.role_id = u.role_id \
+             WHERE k.key_id = $1 AND (k.expires_at IS NULL OR k.expires_at > $2) \
+             AND COALESCE(u.active, TRUE)"
+        );
+        let row: Option<KeyOwnerRow> = sqlx::query_as(&sql)
+            .bind(key_id)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(Into::into))
+    }
+
+    async fn touch_api_key(&self, key_id: &str, now: Timestamp) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE api_keys SET last_used_at = $2 WHERE key_id = $1 \
+             AND (last_used_at IS NULL OR last_used_at < $2)",
+        )
+        .bind(key_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 }
 

@@ -7,6 +7,7 @@ mod ipinfo_standin;
 mod smtp_sink;
 
 mod accounts;
+mod admin;
 mod email;
 mod embedded;
 mod legacy;

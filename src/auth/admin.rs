@@ -1,0 +1,139 @@
+//! Use-cases of administration: finding, changing and removing accounts; making admins.
+
+use super::{normalize_identifier, Auth, Principal, Registration, Scope};
+use crate::error::Error;
+use crate::store::{AdminChange, Role, User};
+use crate::time;
+
+impl Auth {
+    /// An administrator, by session or by their key with `scope`; anyone else is refused.
+    pub fn require_admin(&self, caller: &Principal, scope: Scope) -> Result<(), Error> {
+        if caller.user.role != Role::Admin {
+            return Err(Error::Forbidden("This needs an administrator."));
+        }
+        // users:write includes reading what it changes.
+        let allowed = caller.has_scope(scope)
+            || (scope == Scope::UsersRead && caller.has_scope(Scope::UsersWrite));
+        if !allowed {
+            return Err(Error::Forbidden(
+                "This API key does not have the scope for this.",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The caller's own profile: a session, or a key with `profile:read`.
+    pub fn own_profile(&self, caller: &Principal) -> Result<User, Error> {
+        if !caller.has_scope(Scope::ProfileRead) {
+            return Err(Error::Forbidden(
+                "This API key does not have the scope for this.",
+            ));
+        }
+        Ok(caller.user.clone())
+    }
+
+    pub async fn list_users(
+        &self,
+        caller: &Principal,
+        query: Option<&str>,
+        page: i64,
+        per_page: i64,
+    ) -> Result<(Vec<User>, i64), Error> {
+        self.require_admin(caller, Scope::UsersRead)?;
+        let query = query.map(str::trim).filter(|q| !q.is_empty());
+        let offset = (page - 1).saturating_mul(per_page);
+        Ok(self.store.list_users(query, offset, per_page).await?)
+    }
+
+    pub async fn admin_user(&self, caller: &Principal, uid: &str) -> Result<User, Error> {
+        self.require_admin(caller, Scope::UsersRead)?;
+        self.store
+            .user_by_uid(uid)
+            .await?
+            .ok_or(Error::NotFound("user"))
+    }
+
+    /// A changed role or a deactivation revokes the user's sessions at once; their keys stop
+    /// working while they are inactive. An administrator cannot lock themselves out.
+    pub async fn admin_update_user(
+        &self,
+        caller: &Principal,
+        uid: &str,
+        change: AdminChange,
+    ) -> Result<User, Error> {
+        self.require_admin(caller, Scope::UsersWrite)?;
+        let target = self.admin_user(caller, uid).await?;
+        let demotes_self = target.db_id == caller.user.db_id
+            && (change.role.is_some_and(|r| r != Role::Admin) || change.active == Some(false));
+        if demotes_self {
+            return Err(Error::Forbidden(
+                "Administrators cannot demote or deactivate themselves.",
+            ));
+        }
+        let user = self
+            .store
+            .admin_update_user(target.db_id, &change, time::now())
+            .await?;
+        tracing::info!(admin = %caller.user.uid, user = %user.uid, "account changed by an administrator");
+        Ok(user)
+    }
+
+    pub async fn admin_delete_user(&self, caller: &Principal, uid: &str) -> Result<(), Error> {
+        self.require_admin(caller, Scope::UsersWrite)?;
+        let target = self.admin_user(caller, uid).await?;
+        if target.db_id == caller.user.db_id {
+            return Err(Error::Forbidden(
+                "Administrators delete their own account with DELETE /api/users/me.",
+            ));
+        }
+        self.store.delete_user(target.db_id).await?;
+        tracing::info!(admin = %caller.user.uid, user = %target.uid, "account deleted by an administrator");
+        Ok(())
+    }
+
+    pub async fn admin_logout_all(&self, caller: &Principal, uid: &str) -> Result<u64, Error> {
+        self.require_admin(caller, Scope::UsersWrite)?;
+        let target = self.admin_user(caller, uid).await?;
+        Ok(self
+            .store
+            .revoke_all_sessions(target.db_id, time::now())
+            .await?)
+    }
+
+    /// `authflow create-admin`: makes the account with this username an administrator, or
+    /// creates it as one. Returns the account and whether it was created.
+    pub async fn create_admin(
+        &self,
+        username: &str,
+        email: &str,
+        name: Option<&str>,
+        password: &str,
+    ) -> Result<(User, bool), Error> {
+        let existing = self
+            .store
+            .find_credentials(&normalize_identifier(username))
+            .await?
+            .filter(|c| c.user.username.eq_ignore_ascii_case(username.trim()));
+        if let Some(existing) = existing {
+            let change = AdminChange {
+                role: Some(Role::Admin),
+                ..AdminChange::default()
+            };
+            let user = self
+                .store
+                .admin_update_user(existing.user.db_id, &change, time::now())
+                .await?;
+            return Ok((user, false));
+        }
+        let registration = Registration {
+            name: name.unwrap_or("Administrator").to_owned(),
+            username: username.to_owned(),
+            email: email.to_owned(),
+            password: password.to_owned(),
+            phone: None,
+            role: None,
+        };
+        let user = self.create_account(registration, Role::Admin, None).await?;
+        Ok((user, true))
+    }
+}

@@ -1,0 +1,255 @@
+//! API keys: `afk_<id>_<secret>`, shown once, stored as a digest, limited to their scopes.
+
+use std::sync::Arc;
+
+use rand::RngCore;
+use subtle::ConstantTimeEq;
+
+use super::tokens::{digest, random_token};
+use super::{Auth, Credential, Principal};
+use crate::error::{Error, FieldError};
+use crate::store::{ApiKey, NewApiKey, Role};
+use crate::time;
+
+const PREFIX: &str = "afk_";
+/// Hex characters of a key's public id.
+const ID_LEN: usize = 16;
+/// `last_used_at` is written at most this often per key, in the background.
+const TOUCH_INTERVAL_SECS: i64 = 60;
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+pub enum Scope {
+    /// The owner's own profile and sign-in history.
+    #[serde(rename = "profile:read")]
+    ProfileRead,
+    /// The admin routes, reading (an administrator's key only).
+    #[serde(rename = "users:read")]
+    UsersRead,
+    /// The admin routes, changing (an administrator's key only).
+    #[serde(rename = "users:write")]
+    UsersWrite,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::ProfileRead => "profile:read",
+            Scope::UsersRead => "users:read",
+            Scope::UsersWrite => "users:write",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "profile:read" => Some(Scope::ProfileRead),
+            "users:read" => Some(Scope::UsersRead),
+            "users:write" => Some(Scope::UsersWrite),
+            _ => None,
+        }
+    }
+
+    /// Stored as a space-separated list; unknown names (from a newer version) are dropped.
+    pub fn parse_list(list: &str) -> Vec<Scope> {
+        list.split_whitespace().filter_map(Scope::parse).collect()
+    }
+}
+
+/// A key as created: the only moment its full value exists outside the client.
+pub struct CreatedKey {
+    pub key: ApiKey,
+    pub value: String,
+}
+
+/// The request to create a key, as received.
+pub struct KeyRequest {
+    pub name: String,
+    pub scopes: Option<Vec<String>>,
+    pub expires_in_days: Option<i64>,
+}
+
+fn split(value: &str) -> Option<(&str, &str)> {
+    let rest = value.strip_prefix(PREFIX)?;
+    let (id, secret) = rest.split_at_checked(ID_LEN)?;
+    let secret = secret.strip_prefix('_')?;
+    (id.chars().all(|c| c.is_ascii_hexdigit()) && !secret.is_empty()).then_some((id, secret))
+}
+
+/// Whether a bearer credential is an API key rather than a JWT.
+pub fn is_api_key(value: &str) -> bool {
+    value.starts_with(PREFIX)
+}
+
+impl Auth {
+    /// Signed in with a session (a key cannot make keys); `users:*` scopes need an admin.
+    pub async fn create_api_key(
+        &self,
+        principal: &Principal,
+        request: KeyRequest,
+    ) -> Result<CreatedKey, Error> {
+        principal.session_id()?;
+        let mut errors = Vec::new();
+        let name = request.name.trim().to_owned();
+        if name.is_empty() || name.chars().count() > 100 {
+            errors.push(FieldError::new(
+                "name",
+                "Name must be 1 to 100 characters long.",
+            ));
+        }
+        let requested = request
+            .scopes
+            .unwrap_or_else(|| vec![Scope::ProfileRead.as_str().to_owned()]);
+        let mut scopes = Vec::new();
+        for s in &requested {
+            match Scope::parse(s.trim()) {
+                Some(scope) if !scopes.contains(&scope) => scopes.push(scope),
+                Some(_) => {}
+                None => errors.push(FieldError::new(
+                    "scopes",
+                    format!("Unknown scope {s:?}: use profile:read, users:read or users:write."),
+                )),
+            }
+        }
+        if scopes.is_empty() && errors.is_empty() {
+            errors.push(FieldError::new("scopes", "At least one scope is required."));
+        }
+        let days = request.expires_in_days;
+        if days.is_some_and(|d| !(1..=3650).contains(&d)) {
+            errors.push(FieldError::new(
+                "expires_in_days",
+                "Must be between 1 and 3650.",
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(Error::Validation(errors));
+        }
+        let admin_scope = scopes
+            .iter()
+            .any(|s| matches!(s, Scope::UsersRead | Scope::UsersWrite));
+        if admin_scope && principal.user.role != Role::Admin {
+            return Err(Error::Forbidden(
+                "Only an administrator's key can have users:* scopes.",
+            ));
+        }
+
+        let mut id = [0u8; ID_LEN / 2];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        let id = hex::encode(id);
+        let secret = random_token();
+        let now = time::now();
+        let key = NewApiKey {
+            id: id.clone(),
+            user_db_id: principal.user.db_id,
+            name,
+            secret_hash: digest(&secret),
+            scopes: scopes
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+            now,
+            expires_at: days.map(|d| now + chrono::Duration::days(d)),
+        };
+        self.store.create_api_key(&key).await?;
+        tracing::info!(user = %principal.user.uid, key = %id, "API key created");
+        Ok(CreatedKey {
+            value: format!("{PREFIX}{id}_{secret}"),
+            key: ApiKey {
+                id,
+                name: key.name,
+                scopes: key.scopes,
+                created_at: now,
+                expires_at: key.expires_at,
+                last_used_at: None,
+            },
+        })
+    }
+
+    pub async fn list_api_keys(&self, principal: &Principal) -> Result<Vec<ApiKey>, Error> {
+        principal.session_id()?;
+        Ok(self.store.list_api_keys(principal.user.db_id).await?)
+    }
+
+    pub async fn delete_api_key(&self, principal: &Principal, id: &str) -> Result<(), Error> {
+        principal.session_id()?;
+        if self.store.delete_api_key(principal.user.db_id, id).await? {
+            tracing::info!(user = %principal.user.uid, key = %id, "API key deleted");
+            Ok(())
+        } else {
+            Err(Error::NotFound("API key"))
+        }
+    }
+
+    /// One database round trip: the key by its id, with its owner (who must be active); the
+    /// secret's digest compared in constant time.
+    pub async fn authenticate_api_key(&self, value: &str) -> Result<Principal, Error> {
+        let (id, secret) = split(value).ok_or(Error::Unauthorized)?;
+        let now = time::now();
+        let owner = self
+            .store
+            .api_key_owner(id, now)
+            .await?
+            .ok_or(Error::Unauthorized)?;
+        let matches: bool = digest(secret)
+            .as_bytes()
+            .ct_eq(owner.secret_hash.as_bytes())
+            .into();
+        if !matches {
+            return Err(Error::Unauthorized);
+        }
+        let stale = owner
+            .key
+            .last_used_at
+            .is_none_or(|at| (now - at).num_seconds() >= TOUCH_INTERVAL_SECS);
+        if stale {
+            let store = Arc::clone(&self.store);
+            let id = id.to_owned();
+            tokio::spawn(async move {
+                if let Err(e) = store.touch_api_key(&id, now).await {
+                    tracing::warn!(error = %e, "could not record API key use");
+                }
+            });
+        }
+        Ok(Principal {
+            user: owner.user,
+            credential: Credential::ApiKey {
+                id: owner.key.id,
+                scopes: Scope::parse_list(&owner.key.scopes),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_values_split_into_id_and_secret() {
+        let value = format!("afk_0123456789abcdef_{}", random_token());
+        let (id, secret) = split(&value).unwrap();
+        assert_eq!(id, "0123456789abcdef");
+        assert_eq!(secret.len(), 43);
+        for bad in [
+            "afk_",
+            "afk_0123456789abcdef",
+            "afk_0123456789abcdef_",
+            "afk_xyz_secret",
+            "token",
+        ] {
+            assert!(split(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn scopes_round_trip() {
+        for s in [Scope::ProfileRead, Scope::UsersRead, Scope::UsersWrite] {
+            assert_eq!(Scope::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(
+            Scope::parse_list("users:read profile:read nonsense"),
+            vec![Scope::UsersRead, Scope::ProfileRead]
+        );
+    }
+}

@@ -1,0 +1,135 @@
+//! `/api/keys`: API keys of the signed-in user (a key cannot manage keys).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::{ApiJson, AuthUser};
+use super::AppState;
+use crate::auth::{KeyRequest, Scope};
+use crate::error::{Error, ErrorEnvelope};
+use crate::store::ApiKey;
+
+/// At the root: `/api/keys` itself is a route, which nesting cannot express.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_key, list_keys))
+        .routes(routes!(delete_key))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct CreateKeyRequest {
+    pub name: String,
+    /// Default `["profile:read"]`; `users:read` / `users:write` for an administrator's key.
+    pub scopes: Option<Vec<String>>,
+    /// No expiry when omitted; 1–3650.
+    pub expires_in_days: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedKeyResponse {
+    pub id: String,
+    pub name: String,
+    /// `afk_…`: shown only here, stored only as a digest.
+    pub key: String,
+    pub scopes: Vec<Scope>,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyView {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub last_used_at: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyList {
+    pub keys: Vec<KeyView>,
+}
+
+impl From<&ApiKey> for KeyView {
+    fn from(k: &ApiKey) -> Self {
+        Self {
+            id: k.id.clone(),
+            name: k.name.clone(),
+            scopes: Scope::parse_list(&k.scopes),
+            created_at: crate::time::rfc3339(k.created_at),
+            expires_at: k.expires_at.map(crate::time::rfc3339),
+            last_used_at: k.last_used_at.map(crate::time::rfc3339),
+        }
+    }
+}
+
+/// Create an API key; its value is shown once.
+#[utoipa::path(post, path = "/api/keys", tag = "keys", request_body = CreateKeyRequest,
+    responses((status = 201, body = CreatedKeyResponse), (status = 400, body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)),
+    security(("bearer" = []), ("cookie" = [])))]
+async fn create_key(
+    State(state): State<AppState>,
+    AuthUser(principal): AuthUser,
+    ApiJson(body): ApiJson<CreateKeyRequest>,
+) -> Result<(StatusCode, Json<CreatedKeyResponse>), Error> {
+    let created = state
+        .auth
+        .create_api_key(
+            &principal,
+            KeyRequest {
+                name: body.name,
+                scopes: body.scopes,
+                expires_in_days: body.expires_in_days,
+            },
+        )
+        .await?;
+    let view = KeyView::from(&created.key);
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKeyResponse {
+            id: view.id,
+            name: view.name,
+            key: created.value,
+            scopes: view.scopes,
+            created_at: view.created_at,
+            expires_at: view.expires_at,
+        }),
+    ))
+}
+
+/// The signed-in user's keys, without their secrets.
+#[utoipa::path(get, path = "/api/keys", tag = "keys",
+    responses((status = 200, body = KeyList), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)),
+    security(("bearer" = []), ("cookie" = [])))]
+async fn list_keys(
+    State(state): State<AppState>,
+    AuthUser(principal): AuthUser,
+) -> Result<Json<KeyList>, Error> {
+    let keys = state.auth.list_api_keys(&principal).await?;
+    Ok(Json(KeyList {
+        keys: keys.iter().map(KeyView::from).collect(),
+    }))
+}
+
+/// Delete a key; it stops working at once.
+#[utoipa::path(delete, path = "/api/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "The key's id")),
+    responses((status = 204), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope)),
+    security(("bearer" = []), ("cookie" = [])))]
+async fn delete_key(
+    State(state): State<AppState>,
+    AuthUser(principal): AuthUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Error> {
+    state.auth.delete_api_key(&principal, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
