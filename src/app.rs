@@ -126,7 +126,9 @@ impl App {
         )
         .with_graceful_shutdown(async move {
             shutdown.await;
-            tracing::info!("stopping: no new connections, finishing requests in flight");
+            tracing::info!("stopping: no new connections, finishing requests and emails in flight");
+            // The outbox drains what is due while requests finish: one 30 s budget for both.
+            let _ = stop_worker.send(true);
             let _ = stopping_tx.send(());
         });
         let deadline = async move {
@@ -136,17 +138,21 @@ impl App {
                 std::future::pending::<()>().await;
             }
         };
+        tokio::pin!(deadline);
         let served = tokio::select! {
             served = server => served.context("serving HTTP"),
-            () = deadline => {
+            () = &mut deadline => {
                 tracing::warn!("requests still in flight after 30 s; stopping anyway");
                 Ok(())
             }
         };
-        // The outbox delivers what is due before the process exits (bounded by its own timeout).
-        let _ = stop_worker.send(true);
-        if let Err(e) = worker.await {
-            tracing::error!(error = %e, "outbox worker failed");
+        tokio::select! {
+            joined = worker => {
+                if let Err(e) = joined {
+                    tracing::error!(error = %e, "outbox worker failed");
+                }
+            }
+            () = &mut deadline => tracing::warn!("outbox still draining after 30 s; the rest is sent after restart"),
         }
         served
     }

@@ -357,8 +357,17 @@ fn positive(
     if n == 0 {
         return Err(ConfigError::new(variable, "must be greater than 0"));
     }
+    // Lifetimes and windows beyond ten years are mistakes, and would overflow dates.
+    if n > MAX_SECONDS {
+        return Err(ConfigError::new(
+            variable,
+            format!("must be at most {MAX_SECONDS} (ten years)"),
+        ));
+    }
     Ok(n)
 }
+
+const MAX_SECONDS: u64 = 10 * 365 * 24 * 3600;
 
 fn boolean(
     variable: &'static str,
@@ -569,6 +578,7 @@ mod tests {
             ("TRUSTED_PROXIES", "10.0.0.0/8,nonsense"),
             ("REQUIRE_EMAIL_VERIFICATION", "maybe"),
             ("ACCESS_TOKEN_TTL_SECS", "0"),
+            ("REFRESH_TOKEN_TTL_SECS", "99999999999999"),
         ] {
             let err = Config::from_vars(&vars(&[(name, value)])).unwrap_err();
             assert_eq!(err.variable, name, "{err}");

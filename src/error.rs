@@ -272,7 +272,11 @@ fn generic_parts(status: StatusCode, path: &str) -> ErrorParts {
             "Too many requests; try again later.".into(),
         ),
         s if s.is_server_error() => ("internal_error", "An internal error occurred.".into()),
-        _ => ("bad_request", "The request could not be processed.".into()),
+        // Malformed query strings and path parameters.
+        _ => (
+            "validation_failed",
+            "The request's query or path parameters are not valid.".into(),
+        ),
     };
     ErrorParts {
         code,

@@ -40,13 +40,20 @@ impl Auth {
         per_page: i64,
     ) -> Result<(Vec<User>, i64), Error> {
         self.require_admin(caller, Scope::UsersRead)?;
-        let query = query.map(str::trim).filter(|q| !q.is_empty());
+        let query = query
+            .map(|q| q.trim().replace('\0', ""))
+            .filter(|q| !q.is_empty());
+        let query = query.as_deref();
         let offset = (page - 1).saturating_mul(per_page);
         Ok(self.store.list_users(query, offset, per_page).await?)
     }
 
     pub async fn admin_user(&self, caller: &Principal, uid: &str) -> Result<User, Error> {
         self.require_admin(caller, Scope::UsersRead)?;
+        // Ids are at most 100 characters (the old `user_uid` column) and never hold NUL.
+        if uid.contains('\0') || uid.chars().count() > 100 {
+            return Err(Error::NotFound("user"));
+        }
         self.store
             .user_by_uid(uid)
             .await?

@@ -91,10 +91,10 @@ impl Auth {
         principal.session_id()?;
         let mut errors = Vec::new();
         let name = request.name.trim().to_owned();
-        if name.is_empty() || name.chars().count() > 100 {
+        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
             errors.push(FieldError::new(
                 "name",
-                "Name must be 1 to 100 characters long.",
+                "Name must be 1 to 100 printable characters.",
             ));
         }
         let requested = request
@@ -173,7 +173,8 @@ impl Auth {
 
     pub async fn delete_api_key(&self, principal: &Principal, id: &str) -> Result<(), Error> {
         principal.session_id()?;
-        if self.store.delete_api_key(principal.user.db_id, id).await? {
+        let well_formed = id.len() == ID_LEN && id.chars().all(|c| c.is_ascii_hexdigit());
+        if well_formed && self.store.delete_api_key(principal.user.db_id, id).await? {
             tracing::info!(user = %principal.user.uid, key = %id, "API key deleted");
             Ok(())
         } else {

@@ -227,36 +227,40 @@ impl Auth {
         }
         errors.into_result()?;
 
-        let ip = protection::ip_key(&client);
-        if let Err(limited) = self.check_sign_in_limits(&identifier, &ip).await {
-            self.record_attempt(&identifier, &client, None, false, false)
-                .await?;
-            return Err(limited);
-        }
-
         let credentials = self.store.find_credentials(&identifier).await?;
+        let account = credentials.as_ref().map(|c| c.user.clone());
+        let reservation = self
+            .reserve_attempt(&identifier, account.as_ref(), &client)
+            .await?;
+        self.refuse_if_limited(&reservation, account.as_ref(), &client)
+            .await?;
+
         let stored_hash = credentials.as_ref().map(|c| c.password_hash.clone());
-        let verification = self.passwords.verify(password.clone(), stored_hash).await?;
+        let verification = self
+            .passwords
+            .verify(password.clone(), stored_hash.clone())
+            .await?;
         let (user, needs_rehash) = match (credentials, verification) {
             (Some(c), Verification::Valid { needs_rehash }) if c.user.active => {
                 (c.user, needs_rehash)
             }
-            (found, _) => {
-                let account = found.as_ref().map(|c| &c.user);
-                self.record_attempt(&identifier, &client, account, false, true)
+            _ => {
+                self.finish_attempt(&reservation, &client, account.as_ref(), false, true)
                     .await?;
                 return Err(Error::InvalidCredentials);
             }
         };
         if self.config.require_email_verification && !user.email_verified {
-            self.record_attempt(&identifier, &client, Some(&user), false, false)
+            self.finish_attempt(&reservation, &client, Some(&user), false, false)
                 .await?;
             return Err(Error::EmailNotVerified);
         }
-        self.record_attempt(&identifier, &client, Some(&user), true, true)
+        self.finish_attempt(&reservation, &client, Some(&user), true, true)
             .await?;
         if needs_rehash {
-            self.rehash_in_background(user.db_id, password);
+            if let Some(old) = stored_hash {
+                self.rehash_in_background(user.db_id, old, password);
+            }
         }
         let tokens = self.start_session(user, client).await?;
         tracing::info!(user = %tokens.user.uid, session = %tokens.session_id, "signed in");
@@ -264,13 +268,13 @@ impl Auth {
     }
 
     /// Legacy bcrypt (or weaker argon2) hashes are upgraded after the answer is sent.
-    fn rehash_in_background(&self, user_db_id: i64, password: String) {
+    fn rehash_in_background(&self, user_db_id: i64, old_hash: String, password: String) {
         let passwords = self.passwords.clone();
         let store = Arc::clone(&self.store);
         tokio::spawn(async move {
             let result = match passwords.hash(password).await {
                 Ok(hash) => store
-                    .set_password_hash(user_db_id, &hash)
+                    .upgrade_password_hash(user_db_id, &old_hash, &hash)
                     .await
                     .map_err(Error::from),
                 Err(e) => Err(e),
@@ -425,6 +429,10 @@ impl Auth {
         session_id: &str,
     ) -> Result<(), Error> {
         principal.session_id()?;
+        // Session ids are UUIDs; anything else names no session (and never reaches SQL).
+        if uuid::Uuid::parse_str(session_id).is_err() {
+            return Err(Error::NotFound("session"));
+        }
         if self
             .store
             .revoke_session(principal.user.db_id, session_id, time::now())
@@ -475,6 +483,7 @@ impl Auth {
         &self,
         principal: &Principal,
         password: String,
+        client: &ClientInfo,
     ) -> Result<(), Error> {
         principal.session_id()?;
         if password.is_empty() {
@@ -483,12 +492,8 @@ impl Auth {
                 "Password is required.",
             )]));
         }
-        let credentials = self.store.credentials_by_id(principal.user.db_id).await?;
-        let stored = credentials.map(|c| c.password_hash);
-        match self.passwords.verify(password, stored).await? {
-            Verification::Valid { .. } => {}
-            Verification::Invalid => return Err(Error::InvalidCredentials),
-        }
+        self.verify_current_password(&principal.user, password, client)
+            .await?;
         self.store.delete_user(principal.user.db_id).await?;
         tracing::info!(user = %principal.user.uid, "account deleted");
         Ok(())
@@ -497,10 +502,11 @@ impl Auth {
 
 /// Identifiers are compared lower-cased, trimmed, without NUL characters, at most 200 characters.
 pub fn normalize_identifier(raw: &str) -> String {
+    // Lower-casing can lengthen a string ('İ' becomes two characters): cut after it.
     raw.trim()
+        .to_lowercase()
         .chars()
         .filter(|c| *c != '\0')
         .take(200)
-        .collect::<String>()
-        .to_lowercase()
+        .collect()
 }

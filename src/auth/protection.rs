@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::{Auth, ClientInfo};
 use crate::error::Error;
 use crate::geo::ipinfo::Located;
-use crate::store::{AccountAttempt, SignInAttempt, User};
+use crate::store::{AccountAttempt, AttemptOutcome, AttemptReservation, Reservation, User};
 use crate::time::{self, Timestamp};
 
 /// Create-account, forgot-password and resend-verification limits count per hour.
@@ -32,30 +32,54 @@ pub(super) fn ip_key(client: &ClientInfo) -> String {
 }
 
 impl Auth {
-    /// `Err(TooManyRequests)` when the identifier or the IP has too many failures in the window.
-    pub(super) async fn check_sign_in_limits(
+    /// Records the attempt before the password is judged, counted as a failure until it
+    /// ends otherwise, atomically with the check of the limits: parallel guesses cannot all
+    /// slip under them. For an account, failures by its username and its email count together.
+    pub(super) async fn reserve_attempt(
         &self,
         identifier: &str,
-        ip: &str,
-    ) -> Result<(), Error> {
+        account: Option<&User>,
+        client: &ClientInfo,
+    ) -> Result<Reservation, Error> {
         let limits = &self.config.limits;
-        if !limits.enabled {
-            return Ok(());
-        }
         let now = time::now();
-        let since = now - time::duration(limits.login_window);
-        let counts = self.store.sign_in_failures(identifier, ip, since).await?;
-        if counts.identifier >= limits.login_max_failures {
-            return Err(retry_after(
-                counts.identifier_oldest,
-                limits.login_window,
+        let counted_as = match account {
+            Some(user) => [user.username.to_lowercase(), user.email.to_lowercase()],
+            None => [identifier.to_owned(), identifier.to_owned()],
+        };
+        let reservation = self
+            .store
+            .reserve_sign_in(&AttemptReservation {
+                identifier: identifier.to_owned(),
+                counted_as,
+                ip: ip_key(client),
+                limits: limits
+                    .enabled
+                    .then_some((limits.login_max_failures, limits.login_max_failures_per_ip)),
+                since: now - time::duration(limits.login_window),
                 now,
-            ));
-        }
-        if counts.ip >= limits.login_max_failures_per_ip {
-            return Err(retry_after(counts.ip_oldest, limits.login_window, now));
-        }
-        Ok(())
+            })
+            .await?;
+        Ok(reservation)
+    }
+
+    /// `Err(TooManyRequests)` (after recording it) when the reservation was refused.
+    pub(super) async fn refuse_if_limited(
+        &self,
+        reservation: &Reservation,
+        account: Option<&User>,
+        client: &ClientInfo,
+    ) -> Result<(), Error> {
+        let Some(oldest) = reservation.refused else {
+            return Ok(());
+        };
+        self.finish_attempt(reservation, client, account, false, false)
+            .await?;
+        Err(retry_after(
+            Some(oldest),
+            self.config.limits.login_window,
+            time::now(),
+        ))
     }
 
     /// One call of a limited action (`bucket`) for each key, within an hour; refused calls
@@ -79,11 +103,11 @@ impl Auth {
         }
     }
 
-    /// Writes the attempt's rows; for an account, its location is completed in the background
-    /// when it needs a lookup, so a slow or failing lookup never delays the answer.
-    pub(super) async fn record_attempt(
+    /// Records how the attempt ended; for an account, its location is completed in the
+    /// background when it needs a lookup, so a slow or failing lookup never delays the answer.
+    pub(super) async fn finish_attempt(
         &self,
-        identifier: &str,
+        reservation: &Reservation,
         client: &ClientInfo,
         account: Option<&User>,
         success: bool,
@@ -99,19 +123,16 @@ impl Auth {
         };
         let log_id = self
             .store
-            .record_sign_in(&SignInAttempt {
-                ip,
-                identifier: identifier.to_owned(),
+            .finish_sign_in(&AttemptOutcome {
+                attempt_id: reservation.attempt_id,
                 success,
                 counted,
+                ip,
                 now: time::now(),
                 account: account.map(|user| AccountAttempt {
                     user_db_id: user.db_id,
                     location,
-                    user_agent: client
-                        .user_agent
-                        .as_ref()
-                        .map(|ua| ua.chars().take(255).collect()),
+                    user_agent: client.user_agent.clone(),
                 }),
             })
             .await?;
@@ -119,6 +140,38 @@ impl Auth {
             self.complete_location(log_id, addr);
         }
         Ok(())
+    }
+
+    /// Checks the signed-in user's password again (account deletion, password change), under
+    /// the same limits and records as a sign-in: a stolen session cannot guess it freely.
+    pub(super) async fn verify_current_password(
+        &self,
+        user: &User,
+        password: String,
+        client: &ClientInfo,
+    ) -> Result<(), Error> {
+        let identifier = user.username.to_lowercase();
+        let reservation = self
+            .reserve_attempt(&identifier, Some(user), client)
+            .await?;
+        self.refuse_if_limited(&reservation, Some(user), client)
+            .await?;
+        let stored = self
+            .store
+            .credentials_by_id(user.db_id)
+            .await?
+            .map(|c| c.password_hash);
+        let valid = matches!(
+            self.passwords.verify(password, stored).await?,
+            super::password::Verification::Valid { .. }
+        );
+        self.finish_attempt(&reservation, client, Some(user), valid, true)
+            .await?;
+        if valid {
+            Ok(())
+        } else {
+            Err(Error::InvalidCredentials)
+        }
     }
 
     fn complete_location(&self, log_id: i64, addr: IpAddr) {

@@ -1,6 +1,7 @@
 //! Use-cases of email verification, password recovery and password change; each queues its email
 //! in the same transaction as the change.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::tokens::{digest, random_token};
@@ -68,24 +69,28 @@ impl Auth {
         Ok((token, email))
     }
 
-    /// The account of this address, if there is an active one. Errors only for a malformed
-    /// address, which says nothing about which addresses have accounts.
-    async fn account_for_address(&self, raw: &str) -> Result<Option<User>, Error> {
+    /// A well-formed address, lower-cased; a malformed one is a validation error, which says
+    /// nothing about which addresses have accounts.
+    fn parse_address(raw: &str) -> Result<String, Error> {
         required("email", raw)?;
         let address = EmailAddress::parse(raw)
             .map_err(|m| Error::Validation(vec![FieldError::new("email", m)]))?;
-        let identifier = normalize_identifier(address.as_str());
-        let found = self.store.find_credentials(&identifier).await?;
+        Ok(normalize_identifier(address.as_str()))
+    }
+
+    /// The active account of this (lower-cased) address, if there is one.
+    async fn account_for_address(&self, address: &str) -> Result<Option<User>, Error> {
+        let found = self.store.find_credentials(address).await?;
         Ok(found
             .map(|c| c.user)
-            .filter(|u| u.active && u.email.to_lowercase() == identifier))
+            .filter(|u| u.active && u.email.to_lowercase() == address))
     }
 
     /// Forgot-password and resend-verification share one limit per address and one per IP.
     async fn take_recovery_limits(&self, address: &str, client: &ClientInfo) -> Result<(), Error> {
         let limits = &self.config.limits;
         let ip = format!("ip:{}", super::protection::ip_key(client));
-        let address = format!("email:{}", normalize_identifier(address));
+        let address = format!("email:{address}");
         self.take_limits(
             "recovery",
             &[
@@ -96,10 +101,39 @@ impl Auth {
         .await
     }
 
+    /// Checks the request, then looks for the account and queues its email after the answer
+    /// is sent: known and unknown addresses answer alike, in the same time.
+    fn in_background<F>(
+        self: &Arc<Self>,
+        what: &'static str,
+        work: impl FnOnce(Arc<Self>) -> F + Send + 'static,
+    ) where
+        F: std::future::Future<Output = Result<(), Error>> + Send + 'static,
+    {
+        let auth = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = work(auth).await {
+                tracing::error!(error = %e, "{what} failed");
+            }
+        });
+    }
+
     /// Sends a reset link if the address has an account; the caller answers the same either way.
-    pub async fn forgot_password(&self, email: &str, client: &ClientInfo) -> Result<(), Error> {
-        self.take_recovery_limits(email, client).await?;
-        let Some(user) = self.account_for_address(email).await? else {
+    pub async fn forgot_password(
+        self: &Arc<Self>,
+        email: &str,
+        client: &ClientInfo,
+    ) -> Result<(), Error> {
+        let address = Self::parse_address(email)?;
+        self.take_recovery_limits(&address, client).await?;
+        self.in_background("password reset email", move |auth| async move {
+            auth.send_reset(&address).await
+        });
+        Ok(())
+    }
+
+    async fn send_reset(&self, address: &str) -> Result<(), Error> {
+        let Some(user) = self.account_for_address(address).await? else {
             return Ok(());
         };
         let token = random_token();
@@ -125,9 +159,21 @@ impl Auth {
     }
 
     /// Sends a new verification link if the address has an unverified account.
-    pub async fn resend_verification(&self, email: &str, client: &ClientInfo) -> Result<(), Error> {
-        self.take_recovery_limits(email, client).await?;
-        let Some(user) = self.account_for_address(email).await? else {
+    pub async fn resend_verification(
+        self: &Arc<Self>,
+        email: &str,
+        client: &ClientInfo,
+    ) -> Result<(), Error> {
+        let address = Self::parse_address(email)?;
+        self.take_recovery_limits(&address, client).await?;
+        self.in_background("verification email", move |auth| async move {
+            auth.send_verification(&address).await
+        });
+        Ok(())
+    }
+
+    async fn send_verification(&self, address: &str) -> Result<(), Error> {
+        let Some(user) = self.account_for_address(address).await? else {
             return Ok(());
         };
         if user.email_verified {
@@ -163,6 +209,22 @@ impl Auth {
         Ok(())
     }
 
+    /// For the emailed link: `Ok(true)` verified now, `Ok(false)` verified already (the link
+    /// was opened before, perhaps by a mail scanner), else why not.
+    pub async fn verify_email_link(&self, token: &str) -> Result<bool, Error> {
+        match self.verify_email(token).await {
+            Ok(_) => Ok(true),
+            Err(Error::InvalidToken) => {
+                if self.store.verified_by_token(&digest(token.trim())).await? {
+                    Ok(false)
+                } else {
+                    Err(Error::InvalidToken)
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn verify_email(&self, token: &str) -> Result<User, Error> {
         required("token", token)?;
         let user = self
@@ -180,20 +242,14 @@ impl Auth {
         principal: &Principal,
         current: String,
         new: &str,
+        client: &ClientInfo,
     ) -> Result<(), Error> {
         principal.session_id()?;
         required("current_password", &current)?;
         let user = &principal.user;
         let new = NewPassword::parse(new, &[&user.username, &user.name, &user.email])
             .map_err(|m| Error::Validation(vec![FieldError::new("new_password", m)]))?;
-        let stored = self
-            .store
-            .credentials_by_id(user.db_id)
-            .await?
-            .map(|c| c.password_hash);
-        if self.passwords.verify(current, stored).await? == super::password::Verification::Invalid {
-            return Err(Error::InvalidCredentials);
-        }
+        self.verify_current_password(user, current, client).await?;
         let password_hash = self.passwords.hash(new.expose().to_owned()).await?;
         let notice = self.render(&user.email, &Email::PasswordChanged { name: &user.name })?;
         self.store

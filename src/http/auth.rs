@@ -261,8 +261,9 @@ async fn verify_email_link(
     State(state): State<AppState>,
     Query(query): Query<TokenRequest>,
 ) -> Response {
-    let (status, title, text) = match state.auth.verify_email(&query.token).await {
-        Ok(_) => (StatusCode::OK, "Email verified", "Your email address is verified. You can close this page."),
+    let (status, title, text) = match state.auth.verify_email_link(&query.token).await {
+        Ok(true) => (StatusCode::OK, "Email verified", "Your email address is verified. You can close this page."),
+        Ok(false) => (StatusCode::OK, "Email verified", "Your email address is already verified. You can close this page."),
         Err(Error::InvalidToken | Error::Validation(_)) => (
             StatusCode::BAD_REQUEST,
             "Link not valid",

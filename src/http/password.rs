@@ -84,11 +84,17 @@ async fn reset_password(
 async fn change_password(
     State(state): State<AppState>,
     AuthUser(principal): AuthUser,
+    Client(client): Client,
     ApiJson(body): ApiJson<ChangePasswordRequest>,
 ) -> Result<Json<MessageResponse>, Error> {
     state
         .auth
-        .change_password(&principal, body.current_password, &body.new_password)
+        .change_password(
+            &principal,
+            body.current_password,
+            &body.new_password,
+            &client,
+        )
         .await?;
     Ok(message("Password changed successfully!"))
 }

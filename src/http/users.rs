@@ -179,8 +179,12 @@ async fn update_me(
 async fn delete_me(
     State(state): State<AppState>,
     AuthUser(principal): AuthUser,
+    Client(client): Client,
     ApiJson(body): ApiJson<DeleteAccountRequest>,
 ) -> Result<StatusCode, Error> {
-    state.auth.delete_account(&principal, body.password).await?;
+    state
+        .auth
+        .delete_account(&principal, body.password, &client)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

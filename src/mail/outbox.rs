@@ -129,7 +129,12 @@ impl Outbox {
             tokio::select! {
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(POLL) => {}
-                _ = stop.changed() => {}
+                changed = stop.changed() => {
+                    // The server is gone without a word: stop as if told to.
+                    if changed.is_err() {
+                        break;
+                    }
+                }
             }
         }
         let drain = async {

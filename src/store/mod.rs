@@ -209,17 +209,40 @@ pub enum Delivery {
     },
 }
 
-/// One sign-in attempt, as recorded in `login_attempts` (and, for an existing account, in
-/// `user_location_logs`).
+/// A sign-in attempt about to be judged. Reserving it counts it as a failure up front, under
+/// a lock per account (or identifier) and per IP, so parallel guesses cannot all slip under
+/// the limit before any of them is recorded.
 #[derive(Debug, Clone)]
-pub struct SignInAttempt {
-    pub ip: String,
+pub struct AttemptReservation {
     /// As given: lower-cased, without NUL characters, at most 200 characters.
     pub identifier: String,
+    /// Whose failures count: the account's lower-cased username and email when it exists
+    /// (so switching between them gains nothing), else just `identifier`.
+    pub counted_as: [String; 2],
+    pub ip: String,
+    /// `(per identifier, per IP)` failures allowed since `since`; `None`: limits are off.
+    pub limits: Option<(i64, i64)>,
+    pub since: Timestamp,
+    pub now: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    pub attempt_id: i64,
+    /// Refused by a limit (recorded, not counted): the oldest counted failure of the full
+    /// window, which frees a slot when it leaves it.
+    pub refused: Option<Timestamp>,
+}
+
+/// How a reserved attempt ended; for an existing account, its history row.
+#[derive(Debug, Clone)]
+pub struct AttemptOutcome {
+    pub attempt_id: i64,
     pub success: bool,
-    /// Whether a failure counts toward the limits: not when the attempt was refused by a
-    /// limit before the password was judged, nor for a right password on an unverified email.
+    /// Whether a failure counts toward the limits: not one refused by a limit, nor a right
+    /// password on an unverified email.
     pub counted: bool,
+    pub ip: String,
     pub now: Timestamp,
     pub account: Option<AccountAttempt>,
 }
@@ -230,15 +253,6 @@ pub struct AccountAttempt {
     pub location: serde_json::Value,
     /// At most 255 characters.
     pub user_agent: Option<String>,
-}
-
-/// Counted sign-in failures in the window, with the oldest counted one (when the window frees).
-#[derive(Debug, Clone, Default)]
-pub struct FailureCounts {
-    pub identifier: i64,
-    pub identifier_oldest: Option<Timestamp>,
-    pub ip: i64,
-    pub ip_oldest: Option<Timestamp>,
 }
 
 /// A row of the user's sign-in history.
@@ -315,7 +329,13 @@ pub trait Store: Send + Sync + 'static {
     /// By username or email, case-insensitively; `identifier` is already lower-cased.
     async fn find_credentials(&self, identifier: &str) -> Result<Option<Credentials>, StoreError>;
     async fn credentials_by_id(&self, user_db_id: i64) -> Result<Option<Credentials>, StoreError>;
-    async fn set_password_hash(&self, user_db_id: i64, hash: &str) -> Result<(), StoreError>;
+    /// Replaces the hash only if it is still `old` (a reset or change in between wins).
+    async fn upgrade_password_hash(
+        &self,
+        user_db_id: i64,
+        old: &str,
+        new: &str,
+    ) -> Result<(), StoreError>;
     async fn update_profile(
         &self,
         user_db_id: i64,
@@ -381,6 +401,9 @@ pub trait Store: Send + Sync + 'static {
         notice: &NewEmail,
         now: Timestamp,
     ) -> Result<Option<User>, StoreError>;
+    /// Whether the account of an email-verification token (used or not) is verified: a link
+    /// opened again (or first by a mail scanner) finds its address already verified.
+    async fn verified_by_token(&self, hash: &str) -> Result<bool, StoreError>;
     /// Uses a verification token and marks the email verified; `None` as for reset.
     async fn verify_email(&self, hash: &str, now: Timestamp) -> Result<Option<User>, StoreError>;
     /// Sets the password, revokes every session but `keep_session`, queues the notice.
@@ -393,21 +416,20 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<(), StoreError>;
 
-    /// Writes the attempt's rows in one transaction; returns the location-log id, if any.
-    async fn record_sign_in(&self, attempt: &SignInAttempt) -> Result<Option<i64>, StoreError>;
+    /// Records the attempt (as a counted failure unless refused) atomically with the check
+    /// of the limits.
+    async fn reserve_sign_in(
+        &self,
+        attempt: &AttemptReservation,
+    ) -> Result<Reservation, StoreError>;
+    /// Records how the attempt ended; returns the location-log id, if any.
+    async fn finish_sign_in(&self, outcome: &AttemptOutcome) -> Result<Option<i64>, StoreError>;
     /// Completes a location-log row once the geolocation lookup is done.
     async fn set_location(
         &self,
         log_id: i64,
         location: &serde_json::Value,
     ) -> Result<(), StoreError>;
-    /// Failures since `since` for the identifier (after its last success) and for the IP.
-    async fn sign_in_failures(
-        &self,
-        identifier: &str,
-        ip: &str,
-        since: Timestamp,
-    ) -> Result<FailureCounts, StoreError>;
     /// Counts one call against each `(key, limit)` in the window since `since`: `None` if
     /// every key is under its limit (the call is then recorded for all of them), else the
     /// oldest counted call of a full key (the window frees a slot after it).
@@ -471,6 +493,22 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<(), StoreError>;
 }
+
+/// Counted failures since `$4` for identifiers `$1`/`$2` (after their last success) and for
+/// IP `$3`, with the oldest of each: the same SQL on both backends.
+pub(crate) const COUNT_FAILURES: &str = "\
+    WITH last_success AS ( \
+        SELECT max(attempted_at) AS at FROM login_attempts \
+        WHERE email_or_username IN ($1, $2) AND success AND attempted_at > $4 \
+    ), by_identifier AS ( \
+        SELECT count(*) AS n, min(a.attempted_at) AS oldest FROM login_attempts a, last_success l \
+        WHERE a.email_or_username IN ($1, $2) AND NOT a.success AND a.counted \
+        AND a.attempted_at > $4 AND (l.at IS NULL OR a.attempted_at > l.at) \
+    ), by_ip AS ( \
+        SELECT count(*) AS n, min(attempted_at) AS oldest FROM login_attempts \
+        WHERE ip_address = $3 AND NOT success AND counted AND attempted_at > $4 \
+    ) \
+    SELECT i.n, i.oldest, p.n, p.oldest FROM by_identifier i, by_ip p";
 
 /// A `LIKE … ESCAPE '\\'` pattern matching values that contain `query` (lower-cased).
 pub(crate) fn contains_pattern(query: &str) -> String {

@@ -7,9 +7,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::{
-    AdminChange, ApiKey, Credentials, Delivery, FailureCounts, KeyOwner, LoginRecord, NewApiKey,
-    NewEmail, NewSession, NewToken, NewUser, OutboxEmail, ProfileChange, RefreshOutcome, Role,
-    Rotation, Session, SessionUser, SignInAttempt, Store, StoreError, TokenKind, User,
+    AdminChange, ApiKey, AttemptOutcome, AttemptReservation, Credentials, Delivery, KeyOwner,
+    LoginRecord, NewApiKey, NewEmail, NewSession, NewToken, NewUser, OutboxEmail, ProfileChange,
+    RefreshOutcome, Reservation, Role, Rotation, Session, SessionUser, Store, StoreError,
+    TokenKind, User,
 };
 use crate::time::Timestamp;
 
@@ -400,10 +401,16 @@ impl Store for SqliteStore {
         }))
     }
 
-    async fn set_password_hash(&self, user_db_id: i64, hash: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE users SET password = $2 WHERE user_db_id = $1")
+    async fn upgrade_password_hash(
+        &self,
+        user_db_id: i64,
+        old: &str,
+        new: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE users SET password = $3 WHERE user_db_id = $1 AND password = $2")
             .bind(user_db_id)
-            .bind(hash)
+            .bind(old)
+            .bind(new)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -703,6 +710,18 @@ impl Store for SqliteStore {
         Ok(Some(user))
     }
 
+    async fn verified_by_token(&self, hash: &str) -> Result<bool, StoreError> {
+        let row: Option<(bool,)> = sqlx::query_as(
+            "SELECT COALESCE(u.email_verified, FALSE) FROM tokens t \
+             JOIN users u ON u.user_db_id = t.user_id \
+             WHERE t.token = $1 AND t.type = 'email_verification' LIMIT 1",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some_and(|(verified,)| verified))
+    }
+
     async fn verify_email(&self, hash: &str, now: Timestamp) -> Result<Option<User>, StoreError> {
         let mut tx = self.begin_write().await?;
         let Some(user_db_id) =
@@ -780,20 +799,20 @@ impl Store for SqliteStore {
         let query = match delivery {
             Delivery::Sent => sqlx::query(
                 "UPDATE email_outbox SET status = 'sent', sent_at = $2, text_body = NULL, \
-                 html_body = NULL, last_error = NULL WHERE id = $1",
+                 html_body = NULL, last_error = NULL WHERE id = $1 AND status = 'sending'",
             )
             .bind(id)
             .bind(now),
             Delivery::Retry { at, error } => sqlx::query(
                 "UPDATE email_outbox SET status = 'pending', next_attempt_at = $2, \
-                 last_error = $3 WHERE id = $1",
+                 last_error = $3 WHERE id = $1 AND status = 'sending'",
             )
             .bind(id)
             .bind(*at)
             .bind(error),
             Delivery::GiveUp { error } => sqlx::query(
                 "UPDATE email_outbox SET status = 'failed', text_body = NULL, html_body = NULL, \
-                 last_error = $2 WHERE id = $1",
+                 last_error = $2 WHERE id = $1 AND status = 'sending'",
             )
             .bind(id)
             .bind(error),
@@ -802,32 +821,67 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn record_sign_in(&self, a: &SignInAttempt) -> Result<Option<i64>, StoreError> {
+    async fn reserve_sign_in(&self, a: &AttemptReservation) -> Result<Reservation, StoreError> {
         let mut tx = self.begin_write().await?;
-        sqlx::query(
+        let mut refused = None;
+        if let Some((per_identifier, per_ip)) = a.limits {
+            // BEGIN IMMEDIATE: attempts are judged one at a time.
+            let (by_identifier, identifier_oldest, by_ip, ip_oldest): (
+                i64,
+                Option<Timestamp>,
+                i64,
+                Option<Timestamp>,
+            ) = sqlx::query_as(super::COUNT_FAILURES)
+                .bind(&a.counted_as[0])
+                .bind(&a.counted_as[1])
+                .bind(&a.ip)
+                .bind(a.since)
+                .fetch_one(&mut *tx)
+                .await?;
+            if by_identifier >= per_identifier {
+                refused = Some(identifier_oldest.unwrap_or(a.now));
+            } else if by_ip >= per_ip {
+                refused = Some(ip_oldest.unwrap_or(a.now));
+            }
+        }
+        let (attempt_id,): (i64,) = sqlx::query_as(
             "INSERT INTO login_attempts (ip_address, email_or_username, attempted_at, success, \
-             counted) VALUES ($1, $2, $3, $4, $5)",
+             counted) VALUES ($1, $2, $3, FALSE, $4) RETURNING attempt_id",
         )
         .bind(&a.ip)
         .bind(&a.identifier)
         .bind(a.now)
-        .bind(a.success)
-        .bind(a.counted)
-        .execute(&mut *tx)
+        .bind(refused.is_none())
+        .fetch_one(&mut *tx)
         .await?;
+        tx.commit().await?;
+        Ok(Reservation {
+            attempt_id,
+            refused,
+        })
+    }
+
+    async fn finish_sign_in(&self, o: &AttemptOutcome) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE login_attempts SET success = $2, counted = $3 WHERE attempt_id = $1")
+            .bind(o.attempt_id)
+            .bind(o.success)
+            .bind(o.counted)
+            .execute(&mut *tx)
+            .await?;
         let mut log_id = None;
-        if let Some(account) = &a.account {
+        if let Some(account) = &o.account {
             let (id,): (i64,) = sqlx::query_as(
                 "INSERT INTO user_location_logs (user_id, ip_address, location, created_at, \
                  user_agent, access_status) VALUES ($1, $2, $3, $4, $5, $6) \
                  RETURNING log_id",
             )
             .bind(account.user_db_id)
-            .bind(&a.ip)
+            .bind(&o.ip)
             .bind(account.location.to_string())
-            .bind(a.now)
+            .bind(o.now)
             .bind(&account.user_agent)
-            .bind(if a.success { "success" } else { "failure" })
+            .bind(if o.success { "success" } else { "failure" })
             .fetch_one(&mut *tx)
             .await?;
             log_id = Some(id);
@@ -847,40 +901,6 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(())
-    }
-
-    async fn sign_in_failures(
-        &self,
-        identifier: &str,
-        ip: &str,
-        since: Timestamp,
-    ) -> Result<FailureCounts, StoreError> {
-        let row: (i64, Option<Timestamp>, i64, Option<Timestamp>) = sqlx::query_as(
-            "SELECT \
-               (SELECT count(*) FROM login_attempts a WHERE a.email_or_username = $1 \
-                  AND NOT a.success AND a.counted AND a.attempted_at > $3 \
-                  AND a.attempted_at > COALESCE((SELECT max(attempted_at) FROM login_attempts \
-                      WHERE email_or_username = $1 AND success AND attempted_at > $3), $3)), \
-               (SELECT min(a.attempted_at) FROM login_attempts a WHERE a.email_or_username = $1 \
-                  AND NOT a.success AND a.counted AND a.attempted_at > $3 \
-                  AND a.attempted_at > COALESCE((SELECT max(attempted_at) FROM login_attempts \
-                      WHERE email_or_username = $1 AND success AND attempted_at > $3), $3)), \
-               (SELECT count(*) FROM login_attempts WHERE ip_address = $2 AND NOT success \
-                  AND counted AND attempted_at > $3), \
-               (SELECT min(attempted_at) FROM login_attempts WHERE ip_address = $2 AND NOT success \
-                  AND counted AND attempted_at > $3)",
-        )
-        .bind(identifier)
-        .bind(ip)
-        .bind(since)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(FailureCounts {
-            identifier: row.0,
-            identifier_oldest: row.1,
-            ip: row.2,
-            ip_oldest: row.3,
-        })
     }
 
     async fn take_rate_limit(

@@ -22,6 +22,9 @@ both_backends!(
     the_log_holds_no_password_or_token,
     two_processes_share_logouts_and_failure_counts,
     production_sends_hsts_and_secure_cookies,
+    parallel_guesses_cannot_slip_under_the_limit,
+    username_and_email_count_as_one_account,
+    current_password_checks_are_limited_too,
 );
 
 async fn located_app(
@@ -229,6 +232,8 @@ async fn five_failures_lock_the_identifier_not_other_accounts(backend: Backend) 
     assert!((1..=900).contains(&retry_after), "{retry_after}");
     assert_error(r, 429, "too_many_requests").await;
     let r = attempt("LOCK.TARGET", PASSWORD).await;
+    assert_error(r, 429, "too_many_requests").await;
+    let r = attempt("lock@example.com", PASSWORD).await;
     assert_error(r, 429, "too_many_requests").await;
     // Unknown identifiers behave the same.
     for _ in 0..5 {
@@ -599,4 +604,113 @@ async fn production_sends_hsts_and_secure_cookies(backend: Backend) {
         .await
         .unwrap();
     assert!(r.headers().get("access-control-allow-origin").is_none());
+}
+
+async fn parallel_guesses_cannot_slip_under_the_limit(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    assert_eq!(
+        app.create_account("burst.target", "burst@example.com")
+            .await
+            .status(),
+        201
+    );
+    let guesses = (0..20).map(|i| {
+        app.post(
+            "/api/auth/signin",
+            json!({"username": "burst.target", "password": format!("guess number {i}")}),
+        )
+    });
+    let statuses: Vec<u16> = futures::future::join_all(guesses)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    let judged = statuses.iter().filter(|s| **s == 401).count();
+    assert_eq!(judged, 5, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        15,
+        "{statuses:?}"
+    );
+}
+
+async fn username_and_email_count_as_one_account(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    assert_eq!(
+        app.create_account("two.names", "two.names@example.com")
+            .await
+            .status(),
+        201
+    );
+    for identifier in [
+        "two.names",
+        "two.names@example.com",
+        "TWO.NAMES",
+        "Two.Names@Example.com",
+        "two.names",
+    ] {
+        let r = app
+            .post(
+                "/api/auth/signin",
+                json!({"username": identifier, "password": "wrong"}),
+            )
+            .await;
+        assert_eq!(r.status(), 401);
+    }
+    let r = app
+        .post(
+            "/api/auth/signin",
+            json!({"email": "two.names@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert_error(r, 429, "too_many_requests").await;
+    // Identifiers that lengthen when lower-cased are cut safely, not a 500.
+    let r = app
+        .post(
+            "/api/auth/signin",
+            json!({"username": "İ".repeat(200), "password": "x"}),
+        )
+        .await;
+    assert_error(r, 401, "invalid_credentials").await;
+}
+
+async fn current_password_checks_are_limited_too(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let session = app.signed_in_user("stolen.session").await;
+    let token = session["token"].as_str().unwrap();
+    for i in 0..5 {
+        let r = app
+            .request(Method::POST, "/api/password/change", Some(token),
+                Some(json!({"current_password": format!("guess {i}"), "new_password": "a fresh passphrase 31"})))
+            .await;
+        assert_error(r, 401, "invalid_credentials").await;
+    }
+    let r = app
+        .request(
+            Method::DELETE,
+            "/api/users/me",
+            Some(token),
+            Some(json!({"password": PASSWORD})),
+        )
+        .await;
+    assert_error(r, 429, "too_many_requests").await;
+    let entries: Value = app
+        .get_with("/api/users/me/login-history", token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let failures = entries["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["status"] == "failure")
+        .count();
+    assert_eq!(failures, 6, "each check is in the history");
 }

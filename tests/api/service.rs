@@ -90,6 +90,31 @@ async fn malformed_requests_get_the_envelope(backend: Backend) {
         )
         .await;
     assert_error(r, 401, "unauthorized").await;
+
+    // Odd path and query values are 4xx, never a 500 (PostgreSQL refuses NUL characters).
+    let session = app.signed_in_user("odd.inputs").await;
+    let token = session["token"].as_str().unwrap();
+    let r = app
+        .request(Method::DELETE, "/api/auth/sessions/%00", Some(token), None)
+        .await;
+    assert_error(r, 404, "not_found").await;
+    let r = app
+        .request(Method::DELETE, "/api/keys/%00", Some(token), None)
+        .await;
+    assert_error(r, 404, "not_found").await;
+    let r = app
+        .get_with("/api/users/me/login-history?limit=abc", token)
+        .await;
+    assert_error(r, 400, "validation_failed").await;
+    let r = app
+        .request(
+            Method::POST,
+            "/api/keys",
+            Some(token),
+            Some(json!({"name": "nul\u{0}name"})),
+        )
+        .await;
+    assert_error(r, 400, "validation_failed").await;
 }
 
 async fn security_headers_and_cors(backend: Backend) {
@@ -160,6 +185,8 @@ async fn openapi_describes_every_route(backend: Backend) {
         ("get", "/api/users/me"),
         ("patch", "/api/users/me"),
         ("delete", "/api/users/me"),
+        ("get", "/api/users/me/login-history"),
+        ("get", "/api/users/users"),
         ("post", "/api/auth/signin"),
         ("get", "/api/auth/me"),
         ("post", "/api/auth/refresh"),
@@ -167,9 +194,33 @@ async fn openapi_describes_every_route(backend: Backend) {
         ("post", "/api/auth/logout-all"),
         ("get", "/api/auth/sessions"),
         ("delete", "/api/auth/sessions/{id}"),
+        ("post", "/api/auth/verify-email"),
+        ("get", "/api/auth/verify-email"),
+        ("post", "/api/auth/resend-verification"),
+        ("post", "/api/password/forgot-password"),
+        ("post", "/api/password/reset-password"),
+        ("post", "/api/password/change"),
+        ("get", "/api/admin/users/{id}"),
+        ("patch", "/api/admin/users/{id}"),
+        ("delete", "/api/admin/users/{id}"),
+        ("post", "/api/admin/users/{id}/logout-all"),
+        ("post", "/api/keys"),
+        ("get", "/api/keys"),
+        ("delete", "/api/keys/{id}"),
         ("get", "/health"),
         ("get", "/ready"),
     ];
+    let documented: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|item| item.as_object().unwrap().len())
+        .sum();
+    assert_eq!(
+        documented,
+        expected.len(),
+        "a route is documented that this test does not know"
+    );
     for (method, path) in expected {
         let op = &doc["paths"][path][method];
         assert!(
@@ -192,7 +243,20 @@ async fn openapi_describes_every_route(backend: Backend) {
             "schema {schema}"
         );
     }
-    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    for scheme in ["bearer", "cookie", "api_key"] {
+        assert!(
+            doc["components"]["securitySchemes"][scheme].is_object(),
+            "{scheme}"
+        );
+    }
+    // Protected routes name their schemes; the key-management ones do not accept keys.
+    let keys = &doc["paths"]["/api/keys"]["post"]["security"];
+    assert!(
+        keys.to_string().contains("bearer") && !keys.to_string().contains("api_key"),
+        "{keys}"
+    );
+    let list = &doc["paths"]["/api/users/users"]["get"]["security"];
+    assert!(list.to_string().contains("api_key"), "{list}");
     let page = app.client.get(app.url("/api/docs")).send().await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.headers()["content-type"]
