@@ -790,14 +790,14 @@ impl Store for PgStore {
         if let Some((per_identifier, per_ip)) = a.limits {
             // Attempts on one account (or identifier), and from one IP, are judged one at a
             // time; the locks are always taken in this order, so they cannot deadlock.
-            sqlx::query("SELECT pg_advisory_xact_lock(7001, hashtext($1))")
-                .bind(&a.counted_as[0])
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("SELECT pg_advisory_xact_lock(7002, hashtext($1))")
-                .bind(&a.ip)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock(7001, hashtext($1)), \
+                 pg_advisory_xact_lock(7002, hashtext($2))",
+            )
+            .bind(&a.counted_as[0])
+            .bind(&a.ip)
+            .execute(&mut *tx)
+            .await?;
             let (by_identifier, identifier_oldest, by_ip, ip_oldest): (
                 i64,
                 Option<NaiveDateTime>,
