@@ -255,14 +255,12 @@ impl Auth {
                 .await?;
             return Err(Error::EmailNotVerified);
         }
-        self.finish_attempt(&reservation, &client, Some(&user), true, true)
-            .await?;
         if needs_rehash {
             if let Some(old) = stored_hash {
                 self.rehash_in_background(user.db_id, old, password);
             }
         }
-        let tokens = self.start_session(user, client).await?;
+        let tokens = self.start_session(user, client, &reservation).await?;
         tracing::info!(user = %tokens.user.uid, session = %tokens.session_id, "signed in");
         Ok(tokens)
     }
@@ -285,27 +283,35 @@ impl Auth {
         });
     }
 
+    /// Opens the session and records the successful attempt, in one transaction.
     async fn start_session(
         &self,
         mut user: User,
         client: ClientInfo,
+        reservation: &protection::Reservation,
     ) -> Result<IssuedTokens, Error> {
         let now = time::now();
         let session_cookie = random_token();
         let refresh_token = random_token();
         let session_id = uuid::Uuid::new_v4().to_string();
-        self.store
-            .start_session(&NewSession {
-                id: session_id.clone(),
-                user_db_id: user.db_id,
-                cookie_hash: digest(&session_cookie),
-                refresh_hash: digest(&refresh_token),
-                ip: client.ip.map(|ip| ip.to_string()),
-                user_agent: client.user_agent.map(|ua| ua.chars().take(255).collect()),
-                now,
-                expires_at: now + time::duration(self.config.refresh_token_ttl),
-            })
+        let (outcome, lookup) = self.outcome(reservation, &client, Some(&user), true, true);
+        let log_id = self
+            .store
+            .start_session(
+                &NewSession {
+                    id: session_id.clone(),
+                    user_db_id: user.db_id,
+                    cookie_hash: digest(&session_cookie),
+                    refresh_hash: digest(&refresh_token),
+                    ip: client.ip.map(|ip| ip.to_string()),
+                    user_agent: client.user_agent,
+                    now,
+                    expires_at: now + time::duration(self.config.refresh_token_ttl),
+                },
+                &outcome,
+            )
             .await?;
+        self.locate_later(log_id, lookup);
         user.last_login = Some(now);
         self.issue(user, session_id, session_cookie, refresh_token, now)
     }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use super::{Auth, ClientInfo};
 use crate::error::Error;
 use crate::geo::ipinfo::Located;
-use crate::store::{AccountAttempt, AttemptOutcome, AttemptReservation, Reservation, User};
+pub(super) use crate::store::Reservation;
+use crate::store::{AccountAttempt, AttemptOutcome, AttemptReservation, User};
 use crate::time::{self, Timestamp};
 
 /// Create-account, forgot-password and resend-verification limits count per hour.
@@ -103,16 +104,15 @@ impl Auth {
         }
     }
 
-    /// Records how the attempt ended; for an account, its location is completed in the
-    /// background when it needs a lookup, so a slow or failing lookup never delays the answer.
-    pub(super) async fn finish_attempt(
+    /// How the attempt ended, as stored, and the address still to be located (if any).
+    pub(super) fn outcome(
         &self,
         reservation: &Reservation,
         client: &ClientInfo,
         account: Option<&User>,
         success: bool,
         counted: bool,
-    ) -> Result<(), Error> {
+    ) -> (AttemptOutcome, Option<IpAddr>) {
         let ip = ip_key(client);
         let (location, lookup) = match (account, client.ip) {
             (Some(_), Some(addr)) => match self.geo.locate_now(addr) {
@@ -121,24 +121,41 @@ impl Auth {
             },
             _ => (serde_json::json!({"ip": ip}), None),
         };
-        let log_id = self
-            .store
-            .finish_sign_in(&AttemptOutcome {
-                attempt_id: reservation.attempt_id,
-                success,
-                counted,
-                ip,
-                now: time::now(),
-                account: account.map(|user| AccountAttempt {
-                    user_db_id: user.db_id,
-                    location,
-                    user_agent: client.user_agent.clone(),
-                }),
-            })
-            .await?;
+        let outcome = AttemptOutcome {
+            attempt_id: reservation.attempt_id,
+            success,
+            counted,
+            ip,
+            now: time::now(),
+            account: account.map(|user| AccountAttempt {
+                user_db_id: user.db_id,
+                location,
+                user_agent: client.user_agent.clone(),
+            }),
+        };
+        (outcome, lookup)
+    }
+
+    /// A location that needs a lookup is completed in the background, so a slow or failing
+    /// lookup never delays the answer.
+    pub(super) fn locate_later(&self, log_id: Option<i64>, lookup: Option<IpAddr>) {
         if let (Some(log_id), Some(addr)) = (log_id, lookup) {
             self.complete_location(log_id, addr);
         }
+    }
+
+    /// Records how the attempt ended (a failure, or a success that opens no session).
+    pub(super) async fn finish_attempt(
+        &self,
+        reservation: &Reservation,
+        client: &ClientInfo,
+        account: Option<&User>,
+        success: bool,
+        counted: bool,
+    ) -> Result<(), Error> {
+        let (outcome, lookup) = self.outcome(reservation, client, account, success, counted);
+        let log_id = self.store.finish_sign_in(&outcome).await?;
+        self.locate_later(log_id, lookup);
         Ok(())
     }
 

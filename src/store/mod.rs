@@ -345,7 +345,13 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_user(&self, user_db_id: i64) -> Result<(), StoreError>;
 
     /// Inserts the session and its first refresh token and sets the user's `last_login`.
-    async fn start_session(&self, session: &NewSession) -> Result<(), StoreError>;
+    /// …together with the outcome of the sign-in attempt that opened it (one transaction);
+    /// returns the attempt's location-log id.
+    async fn start_session(
+        &self,
+        session: &NewSession,
+        attempt: &AttemptOutcome,
+    ) -> Result<Option<i64>, StoreError>;
     /// The session if it is neither revoked nor expired at `now` and its user is active.
     async fn session_by_id(
         &self,

@@ -218,6 +218,37 @@ impl PgStore {
         row.map(Into::into).ok_or(StoreError::NotFound)
     }
 
+    /// Records how a reserved sign-in attempt ended, inside the caller's transaction.
+    async fn record_outcome(
+        tx: &mut Transaction<'_, Postgres>,
+        o: &AttemptOutcome,
+    ) -> Result<Option<i64>, StoreError> {
+        sqlx::query("UPDATE login_attempts SET success = $2, counted = $3 WHERE attempt_id = $1")
+            .bind(o.attempt_id)
+            .bind(o.success)
+            .bind(o.counted)
+            .execute(&mut **tx)
+            .await?;
+        let mut log_id = None;
+        if let Some(account) = &o.account {
+            let (id,): (i64,) = sqlx::query_as(
+                "INSERT INTO user_location_logs (user_id, ip_address, location, created_at, \
+                 user_agent, access_status) VALUES ($1, $2, $3, $4, $5, $6::access_status_enum) \
+                 RETURNING log_id::BIGINT",
+            )
+            .bind(account.user_db_id)
+            .bind(&o.ip)
+            .bind(Json(&account.location))
+            .bind(naive(o.now))
+            .bind(&account.user_agent)
+            .bind(if o.success { "success" } else { "failure" })
+            .fetch_one(&mut **tx)
+            .await?;
+            log_id = Some(id);
+        }
+        Ok(log_id)
+    }
+
     async fn enqueue(
         tx: &mut Transaction<'_, Postgres>,
         email: &NewEmail,
@@ -435,7 +466,11 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn start_session(&self, s: &NewSession) -> Result<(), StoreError> {
+    async fn start_session(
+        &self,
+        s: &NewSession,
+        attempt: &AttemptOutcome,
+    ) -> Result<Option<i64>, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO auth_sessions (session_id, user_id, cookie_hash, created_at, last_used_at, \
@@ -463,8 +498,9 @@ impl Store for PgStore {
             .bind(naive(s.now))
             .execute(&mut *tx)
             .await?;
+        let log_id = Self::record_outcome(&mut tx, attempt).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(log_id)
     }
 
     async fn session_by_id(
@@ -835,29 +871,7 @@ impl Store for PgStore {
 
     async fn finish_sign_in(&self, o: &AttemptOutcome) -> Result<Option<i64>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE login_attempts SET success = $2, counted = $3 WHERE attempt_id = $1")
-            .bind(o.attempt_id)
-            .bind(o.success)
-            .bind(o.counted)
-            .execute(&mut *tx)
-            .await?;
-        let mut log_id = None;
-        if let Some(account) = &o.account {
-            let (id,): (i64,) = sqlx::query_as(
-                "INSERT INTO user_location_logs (user_id, ip_address, location, created_at, \
-                 user_agent, access_status) VALUES ($1, $2, $3, $4, $5, $6::access_status_enum) \
-                 RETURNING log_id::BIGINT",
-            )
-            .bind(account.user_db_id)
-            .bind(&o.ip)
-            .bind(Json(&account.location))
-            .bind(naive(o.now))
-            .bind(&account.user_agent)
-            .bind(if o.success { "success" } else { "failure" })
-            .fetch_one(&mut *tx)
-            .await?;
-            log_id = Some(id);
-        }
+        let log_id = Self::record_outcome(&mut tx, o).await?;
         tx.commit().await?;
         Ok(log_id)
     }

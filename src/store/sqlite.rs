@@ -252,6 +252,37 @@ impl SqliteStore {
             .await?)
     }
 
+    /// Records how a reserved sign-in attempt ended, inside the caller's transaction.
+    async fn record_outcome(
+        tx: &mut Transaction<'_, Sqlite>,
+        o: &AttemptOutcome,
+    ) -> Result<Option<i64>, StoreError> {
+        sqlx::query("UPDATE login_attempts SET success = $2, counted = $3 WHERE attempt_id = $1")
+            .bind(o.attempt_id)
+            .bind(o.success)
+            .bind(o.counted)
+            .execute(&mut **tx)
+            .await?;
+        let mut log_id = None;
+        if let Some(account) = &o.account {
+            let (id,): (i64,) = sqlx::query_as(
+                "INSERT INTO user_location_logs (user_id, ip_address, location, created_at, \
+                 user_agent, access_status) VALUES ($1, $2, $3, $4, $5, $6) \
+                 RETURNING log_id",
+            )
+            .bind(account.user_db_id)
+            .bind(&o.ip)
+            .bind(account.location.to_string())
+            .bind(o.now)
+            .bind(&account.user_agent)
+            .bind(if o.success { "success" } else { "failure" })
+            .fetch_one(&mut **tx)
+            .await?;
+            log_id = Some(id);
+        }
+        Ok(log_id)
+    }
+
     async fn enqueue(
         tx: &mut Transaction<'_, Sqlite>,
         email: &NewEmail,
@@ -469,7 +500,11 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn start_session(&self, s: &NewSession) -> Result<(), StoreError> {
+    async fn start_session(
+        &self,
+        s: &NewSession,
+        attempt: &AttemptOutcome,
+    ) -> Result<Option<i64>, StoreError> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO auth_sessions (session_id, user_id, cookie_hash, created_at, last_used_at, \
@@ -497,8 +532,9 @@ impl Store for SqliteStore {
             .bind(s.now)
             .execute(&mut *tx)
             .await?;
+        let log_id = Self::record_outcome(&mut tx, attempt).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(log_id)
     }
 
     async fn session_by_id(
@@ -863,29 +899,7 @@ impl Store for SqliteStore {
 
     async fn finish_sign_in(&self, o: &AttemptOutcome) -> Result<Option<i64>, StoreError> {
         let mut tx = self.begin_write().await?;
-        sqlx::query("UPDATE login_attempts SET success = $2, counted = $3 WHERE attempt_id = $1")
-            .bind(o.attempt_id)
-            .bind(o.success)
-            .bind(o.counted)
-            .execute(&mut *tx)
-            .await?;
-        let mut log_id = None;
-        if let Some(account) = &o.account {
-            let (id,): (i64,) = sqlx::query_as(
-                "INSERT INTO user_location_logs (user_id, ip_address, location, created_at, \
-                 user_agent, access_status) VALUES ($1, $2, $3, $4, $5, $6) \
-                 RETURNING log_id",
-            )
-            .bind(account.user_db_id)
-            .bind(&o.ip)
-            .bind(account.location.to_string())
-            .bind(o.now)
-            .bind(&account.user_agent)
-            .bind(if o.success { "success" } else { "failure" })
-            .fetch_one(&mut *tx)
-            .await?;
-            log_id = Some(id);
-        }
+        let log_id = Self::record_outcome(&mut tx, o).await?;
         tx.commit().await?;
         Ok(log_id)
     }
@@ -1156,6 +1170,30 @@ mod tests {
         }
     }
 
+    /// Starts a session the way a sign-in does: reserve the attempt, then open it.
+    async fn start(s: &SqliteStore, session: &NewSession) {
+        let reservation = s
+            .reserve_sign_in(&AttemptReservation {
+                identifier: "someone".into(),
+                counted_as: ["someone".into(), "someone".into()],
+                ip: "127.0.0.1".into(),
+                limits: None,
+                since: session.now,
+                now: session.now,
+            })
+            .await
+            .unwrap();
+        let outcome = AttemptOutcome {
+            attempt_id: reservation.attempt_id,
+            success: true,
+            counted: true,
+            ip: "127.0.0.1".into(),
+            now: session.now,
+            account: None,
+        };
+        s.start_session(session, &outcome).await.unwrap();
+    }
+
     fn new_user(username: &str, email: &str) -> NewUser {
         NewUser {
             uid: uuid::Uuid::new_v4().to_string(),
@@ -1314,9 +1352,7 @@ mod tests {
             Err(StoreError::NotFound)
         ));
 
-        s.start_session(&new_session(&u, "s1", crate::time::now()))
-            .await
-            .unwrap();
+        start(&s, &new_session(&u, "s1", crate::time::now())).await;
         for who in ["carol", "carol@example.com", "someone-else"] {
             sqlx::query(
                 "INSERT INTO login_attempts (ip_address, email_or_username) VALUES ('1.2.3.4', $1)",
@@ -1327,10 +1363,12 @@ mod tests {
             .unwrap();
         }
         s.delete_user(u.db_id).await.unwrap();
-        let left: Vec<(String,)> = sqlx::query_as("SELECT email_or_username FROM login_attempts")
-            .fetch_all(s.pool())
-            .await
-            .unwrap();
+        let left: Vec<(String,)> = sqlx::query_as(
+            "SELECT email_or_username FROM login_attempts WHERE ip_address = '1.2.3.4'",
+        )
+        .fetch_all(s.pool())
+        .await
+        .unwrap();
         assert_eq!(left, vec![("someone-else".to_string(),)]);
         let (sessions, tokens): (i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM auth_sessions), (SELECT count(*) FROM refresh_tokens)",
@@ -1355,7 +1393,7 @@ mod tests {
             .unwrap();
         let now = crate::time::now();
         let ns = new_session(&u, "s1", now);
-        s.start_session(&ns).await.unwrap();
+        start(&s, &ns).await;
 
         let by_id = s.session_by_id("s1", now).await.unwrap().unwrap();
         assert_eq!(by_id.session.id, "s1");
@@ -1384,9 +1422,7 @@ mod tests {
         let touched = s.session_by_id("s1", later).await.unwrap().unwrap();
         assert_eq!(touched.session.last_used_at, later);
 
-        s.start_session(&new_session(&u, "s2", later))
-            .await
-            .unwrap();
+        start(&s, &new_session(&u, "s2", later)).await;
         let ids: Vec<String> = s
             .list_sessions(u.db_id, later)
             .await
@@ -1402,9 +1438,7 @@ mod tests {
         assert!(s.list_sessions(u.db_id, later).await.unwrap().is_empty());
 
         // An inactive user's sessions do not count.
-        s.start_session(&new_session(&u, "s3", later))
-            .await
-            .unwrap();
+        start(&s, &new_session(&u, "s3", later)).await;
         sqlx::query("UPDATE users SET active = FALSE WHERE user_db_id = $1")
             .bind(u.db_id)
             .execute(s.pool())
@@ -1422,7 +1456,7 @@ mod tests {
             .await
             .unwrap();
         let now = crate::time::now();
-        s.start_session(&new_session(&u, "s1", now)).await.unwrap();
+        start(&s, &new_session(&u, "s1", now)).await;
 
         let later = now + chrono::Duration::seconds(60);
         let r = rotation("refresh-s1", "r2", later);
@@ -1484,7 +1518,7 @@ mod tests {
         for round in 0..5 {
             let now = crate::time::now();
             let id = format!("s{round}");
-            s.start_session(&new_session(&u, &id, now)).await.unwrap();
+            start(&s, &new_session(&u, &id, now)).await;
             let tasks: Vec<_> = (0..8)
                 .map(|i| {
                     let s = Arc::clone(&s);
