@@ -516,3 +516,25 @@ pub fn normalize_identifier(raw: &str) -> String {
         .take(200)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_identifier;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn identifiers_are_short_lower_case_nul_free_and_stable(s in "\\PC{0,300}") {
+            let id = normalize_identifier(&s);
+            prop_assert!(id.chars().count() <= 200);
+            prop_assert!(!id.contains('\0'));
+            prop_assert_eq!(normalize_identifier(&id), id.clone());
+        }
+    }
+
+    #[test]
+    fn lengthening_lower_case_is_cut_after_lowering() {
+        let id = normalize_identifier(&"İ".repeat(200));
+        assert_eq!(id.chars().count(), 200);
+    }
+}

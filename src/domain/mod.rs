@@ -306,4 +306,44 @@ mod tests {
         assert!(NewPassword::parse("quixotic_zebra91", &[]).is_ok());
         assert!(NewPassword::parse("quixotic_zebra91", &["quixotic_zebra91"]).is_err());
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn usernames_of_the_allowed_alphabet_and_length_parse(s in "[A-Za-z0-9._-]{6,18}") {
+                let parsed = Username::parse(&s).unwrap();
+                prop_assert_eq!(parsed.as_str(), s.as_str());
+            }
+
+            #[test]
+            fn usernames_with_any_other_character_do_not(
+                prefix in "[a-z]{3,8}", bad in "[^A-Za-z0-9._\\-\\s]", suffix in "[a-z]{3,8}"
+            ) {
+                let candidate = format!("{prefix}{bad}{suffix}");
+                prop_assert!(Username::parse(&candidate).is_err());
+            }
+
+            #[test]
+            fn emails_are_lower_cased_and_parsing_is_idempotent(s in "[A-Za-z0-9._%+-]{1,20}@[A-Za-z0-9-]{1,20}\\.[A-Za-z]{2,6}") {
+                if let Ok(email) = Email::parse(&s) {
+                    prop_assert_eq!(email.as_str(), email.as_str().to_lowercase());
+                    prop_assert_eq!(Email::parse(email.as_str()).unwrap(), email.clone());
+                    prop_assert!(email.as_str().chars().count() <= 200);
+                }
+            }
+
+            #[test]
+            fn display_names_are_bounded_trimmed_and_stable(s in "\\PC{0,130}") {
+                if let Ok(name) = DisplayName::parse(&s) {
+                    let n = name.as_str();
+                    prop_assert!((1..=110).contains(&n.chars().count()));
+                    prop_assert_eq!(n.trim(), n);
+                    prop_assert_eq!(DisplayName::parse(n).unwrap(), name.clone());
+                }
+            }
+        }
+    }
 }
