@@ -508,13 +508,11 @@ impl Auth {
 
 /// Identifiers are compared lower-cased, trimmed, without NUL characters, at most 200 characters.
 pub fn normalize_identifier(raw: &str) -> String {
-    // Lower-casing can lengthen a string ('İ' becomes two characters): cut after it.
-    raw.trim()
-        .to_lowercase()
-        .chars()
-        .filter(|c| *c != '\0')
-        .take(200)
-        .collect()
+    let cleaned: String = raw.chars().filter(|c| *c != '\0').collect();
+    // Lower-casing can lengthen a string ('İ' becomes two characters): cut after it, and
+    // trim again so that a cut never leaves a trailing space.
+    let lowered: String = cleaned.trim().to_lowercase().chars().take(200).collect();
+    lowered.trim_end().to_owned()
 }
 
 #[cfg(test)]
