@@ -1,6 +1,7 @@
 //! Storage: `trait Store`, its models and errors; one implementation per backend, chosen from the URL.
 
 pub mod postgres;
+mod shared;
 pub mod sqlite;
 
 use std::sync::Arc;
