@@ -1,10 +1,10 @@
 //! The SQL both stores share, written once. `shared_store!` expands, inside `postgres.rs` and
-//! `sqlite.rs`, to the row types, the transaction helpers and every `Store` method whose
-//! statements differ between the backends only through the dialect hooks each of those files
-//! defines next to its invocation: `Db`, `LegacyTs` with `legacy()` / `from_legacy()` (the old
-//! tables' zone-less timestamps), the casts `TOKEN_TYPE`, `ACCESS_STATUS` and `JSONB`,
-//! `SKIP_LOCKED`, `lock_keys()`, `begin_write()` and `conflict()`. What truly differs (connecting,
-//! refresh rotation) stays in the backend's own file, passed in as `$own`.
+//! `sqlite.rs`, to the row types, the transaction helpers and the whole `Store` implementation,
+//! whose statements differ between the backends only through the dialect hooks each of those
+//! files defines next to its invocation: `Db`, `LegacyTs` with `legacy()` / `from_legacy()`
+//! (the old tables' zone-less timestamps), the casts `TOKEN_TYPE`, `ACCESS_STATUS` and
+//! `JSONB`, `SKIP_LOCKED`, `lock_keys()`, `begin_write()` and `conflict()`. Connecting (and
+//! tuning the connection) is each backend's own.
 
 /// The columns of a user, with its role's name (`u` is `users`, `r` is `roles`).
 pub(crate) const USER_COLUMNS: &str = "CAST(u.user_db_id AS BIGINT) AS db_id, u.user_uid, \
@@ -18,7 +18,7 @@ pub(crate) const SESSION_COLUMNS: &str = "s.session_id, s.created_at AS session_
      s.ip_address AS session_ip, s.user_agent AS session_user_agent";
 
 macro_rules! shared_store {
-    ($store:ident { $($own:tt)* }) => {
+    ($store:ident) => {
 #[derive(sqlx::FromRow)]
 struct UserRow {
     db_id: i64,
@@ -131,6 +131,25 @@ impl From<KeyOwnerRow> for KeyOwner {
 
 
 impl $store {
+    /// The session with its user, unfiltered: for reading back a row just updated.
+    async fn session_user_by_id<'e, E>(
+        executor: E,
+        session_id: &str,
+    ) -> Result<Option<SessionUserRow>, StoreError>
+    where
+        E: sqlx::Executor<'e, Database = Db>,
+    {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS}, {USER_COLUMNS} FROM auth_sessions s \
+             JOIN users u ON u.user_db_id = s.user_id LEFT JOIN roles r ON r.role_id = u.role_id \
+             WHERE s.session_id = $1"
+        );
+        Ok(sqlx::query_as(&sql)
+            .bind(session_id)
+            .fetch_optional(executor)
+            .await?)
+    }
+
     async fn session_where(
         &self,
         condition: &str,
@@ -474,6 +493,68 @@ impl Store for $store {
         self.session_where("s.cookie_hash", cookie_hash, now).await
     }
 
+    async fn rotate_refresh_token(&self, r: &Rotation) -> Result<RefreshOutcome, StoreError> {
+        // The first to claim the token wins (a row lock on PostgreSQL, one writer at a time
+        // on SQLite); every later one finds it used.
+        let mut tx = self.begin_write().await?;
+        let claimed: Option<(String,)> = sqlx::query_as(
+            "UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL \
+             RETURNING session_id",
+        )
+        .bind(&r.old_refresh_hash)
+        .bind(r.now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((session_id,)) = claimed else {
+            let used: Option<(String,)> =
+                sqlx::query_as("SELECT session_id FROM refresh_tokens WHERE token_hash = $1")
+                    .bind(&r.old_refresh_hash)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some((session_id,)) = used else {
+                return Ok(RefreshOutcome::Invalid);
+            };
+            sqlx::query(
+                "UPDATE auth_sessions SET revoked_at = $2 WHERE session_id = $1 AND revoked_at IS NULL",
+            )
+            .bind(&session_id)
+            .bind(r.now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(RefreshOutcome::Reused);
+        };
+        // SQLite's RETURNING cannot name the FROM tables, so the row is read back after.
+        let done = sqlx::query(
+            "UPDATE auth_sessions AS s SET cookie_hash = $2, last_used_at = $3, expires_at = $4 \
+             FROM users u \
+             WHERE s.session_id = $1 AND u.user_db_id = s.user_id AND s.revoked_at IS NULL \
+             AND s.expires_at > $3 AND COALESCE(u.active, TRUE)",
+        )
+        .bind(&session_id)
+        .bind(&r.new_cookie_hash)
+        .bind(r.now)
+        .bind(r.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            // Dropping the transaction rolls back the claim, as on PostgreSQL.
+            return Ok(RefreshOutcome::Invalid);
+        }
+        let Some(row) = Self::session_user_by_id(&mut *tx, &session_id).await? else {
+            return Ok(RefreshOutcome::Invalid);
+        };
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(&r.new_refresh_hash)
+        .bind(&session_id)
+        .bind(r.now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(RefreshOutcome::Rotated(Box::new(row.into())))
+    }
     async fn touch_session(&self, session_id: &str, now: Timestamp) -> Result<(), StoreError> {
         sqlx::query("UPDATE auth_sessions SET last_used_at = $2 WHERE session_id = $1 AND last_used_at < $2")
             .bind(session_id)
@@ -1012,7 +1093,6 @@ impl Store for $store {
         Ok(())
     }
 
-$($own)*
 }
     };
 }

@@ -2,7 +2,7 @@
 //! SQL it shares with PostgreSQL is in `shared.rs`; what is SQLite's own is here.
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Executor, Sqlite, SqlitePool, Transaction};
+use sqlx::{Sqlite, SqlitePool, Transaction};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -102,91 +102,9 @@ impl SqliteStore {
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         Ok(self.pool.begin_with(BEGIN_WRITE).await?)
     }
-
-    /// The session with its user, unfiltered: for reading back a row just updated.
-    async fn session_user_by_id<'e, E>(
-        executor: E,
-        session_id: &str,
-    ) -> Result<Option<SessionUserRow>, StoreError>
-    where
-        E: Executor<'e, Database = Sqlite>,
-    {
-        let sql = format!(
-            "SELECT {SESSION_COLUMNS}, {USER_COLUMNS} FROM auth_sessions s \
-             JOIN users u ON u.user_db_id = s.user_id LEFT JOIN roles r ON r.role_id = u.role_id \
-             WHERE s.session_id = $1"
-        );
-        Ok(sqlx::query_as(&sql)
-            .bind(session_id)
-            .fetch_optional(executor)
-            .await?)
-    }
 }
 
-shared_store!(SqliteStore {
-    async fn rotate_refresh_token(&self, r: &Rotation) -> Result<RefreshOutcome, StoreError> {
-        // BEGIN IMMEDIATE serialises rotations: the first to claim the token wins, every
-        // later one finds it used.
-        let mut tx = self.begin_write().await?;
-        let claimed: Option<(String,)> = sqlx::query_as(
-            "UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL \
-             RETURNING session_id",
-        )
-        .bind(&r.old_refresh_hash)
-        .bind(r.now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((session_id,)) = claimed else {
-            let used: Option<(String,)> =
-                sqlx::query_as("SELECT session_id FROM refresh_tokens WHERE token_hash = $1")
-                    .bind(&r.old_refresh_hash)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            let Some((session_id,)) = used else {
-                return Ok(RefreshOutcome::Invalid);
-            };
-            sqlx::query(
-                "UPDATE auth_sessions SET revoked_at = $2 WHERE session_id = $1 AND revoked_at IS NULL",
-            )
-            .bind(&session_id)
-            .bind(r.now)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            return Ok(RefreshOutcome::Reused);
-        };
-        // SQLite's RETURNING cannot name the FROM tables, so the row is read back after.
-        let done = sqlx::query(
-            "UPDATE auth_sessions AS s SET cookie_hash = $2, last_used_at = $3, expires_at = $4 \
-             FROM users u \
-             WHERE s.session_id = $1 AND u.user_db_id = s.user_id AND s.revoked_at IS NULL \
-             AND s.expires_at > $3 AND COALESCE(u.active, TRUE)",
-        )
-        .bind(&session_id)
-        .bind(&r.new_cookie_hash)
-        .bind(r.now)
-        .bind(r.expires_at)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            // Dropping the transaction rolls back the claim, as on PostgreSQL.
-            return Ok(RefreshOutcome::Invalid);
-        }
-        let Some(row) = Self::session_user_by_id(&mut *tx, &session_id).await? else {
-            return Ok(RefreshOutcome::Invalid);
-        };
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($1, $2, $3)",
-        )
-        .bind(&r.new_refresh_hash)
-        .bind(&session_id)
-        .bind(r.now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(RefreshOutcome::Rotated(Box::new(row.into())))
-    }
-});
+shared_store!(SqliteStore);
 
 #[cfg(test)]
 mod tests {
