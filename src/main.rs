@@ -113,20 +113,24 @@ async fn create_admin(
     email: &str,
     name: Option<&str>,
 ) -> anyhow::Result<()> {
-    let password = admin_password()?;
     let services = Services::connect(config).await?;
-    match services
-        .auth
-        .create_admin(username, email, name, &password)
+    let auth = &services.auth;
+    if let Some(user) = auth
+        .promote_to_admin(username)
         .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
     {
-        Ok((user, created)) => {
-            let what = if created {
-                "created"
-            } else {
-                "made an administrator"
-            };
-            tracing::info!(user = %user.uid, "{what}");
+        eprintln!(
+            "authflow: {} already exists and is now an administrator; its password and email are unchanged",
+            user.username
+        );
+        println!("{}", user.uid);
+        return Ok(());
+    }
+    let password = admin_password()?;
+    match auth.create_admin(username, email, name, &password).await {
+        Ok(user) => {
+            tracing::info!(user = %user.uid, "administrator created");
             println!("{}", user.uid);
             Ok(())
         }

@@ -60,6 +60,18 @@ impl Auth {
             .ok_or(Error::NotFound("user"))
     }
 
+    /// The account an administrative change is about. A key never manages its own owner's
+    /// account or sessions (a key cannot manage the account, SPEC §4).
+    async fn target_of(&self, caller: &Principal, uid: &str) -> Result<User, Error> {
+        let target = self.admin_user(caller, uid).await?;
+        if target.db_id == caller.user.db_id && caller.session_id().is_err() {
+            return Err(Error::Forbidden(
+                "API keys cannot manage the account or sessions of their owner.",
+            ));
+        }
+        Ok(target)
+    }
+
     /// A changed role or a deactivation revokes the user's sessions at once; their keys stop
     /// working while they are inactive. An administrator cannot lock themselves out.
     pub async fn admin_update_user(
@@ -69,7 +81,14 @@ impl Auth {
         change: AdminChange,
     ) -> Result<User, Error> {
         self.require_admin(caller, Scope::UsersWrite)?;
-        let target = self.admin_user(caller, uid).await?;
+        // Roles are changed by a signed-in administrator only: a leaked key must not be able
+        // to mint administrators (as create-account refuses keys the same power).
+        if change.role.is_some() && caller.session_id().is_err() {
+            return Err(Error::Forbidden(
+                "Roles are changed by a signed-in administrator, not an API key.",
+            ));
+        }
+        let target = self.target_of(caller, uid).await?;
         let demotes_self = target.db_id == caller.user.db_id
             && (change.role.is_some_and(|r| r != Role::Admin) || change.active == Some(false));
         if demotes_self {
@@ -87,7 +106,7 @@ impl Auth {
 
     pub async fn admin_delete_user(&self, caller: &Principal, uid: &str) -> Result<(), Error> {
         self.require_admin(caller, Scope::UsersWrite)?;
-        let target = self.admin_user(caller, uid).await?;
+        let target = self.target_of(caller, uid).await?;
         if target.db_id == caller.user.db_id {
             return Err(Error::Forbidden(
                 "Administrators delete their own account with DELETE /api/users/me.",
@@ -100,38 +119,43 @@ impl Auth {
 
     pub async fn admin_logout_all(&self, caller: &Principal, uid: &str) -> Result<u64, Error> {
         self.require_admin(caller, Scope::UsersWrite)?;
-        let target = self.admin_user(caller, uid).await?;
+        let target = self.target_of(caller, uid).await?;
         Ok(self
             .store
             .revoke_all_sessions(target.db_id, time::now())
             .await?)
     }
 
-    /// `authflow create-admin`: makes the account with this username an administrator, or
-    /// creates it as one. Returns the account and whether it was created.
+    /// `authflow create-admin`, for an existing username: makes it an administrator (its
+    /// sessions end, as on any role change). `None` when there is no such account.
+    pub async fn promote_to_admin(&self, username: &str) -> Result<Option<User>, Error> {
+        let existing = self
+            .store
+            .find_credentials(&normalize_identifier(username))
+            .await?
+            .filter(|c| c.user.username.eq_ignore_ascii_case(username.trim()));
+        let Some(existing) = existing else {
+            return Ok(None);
+        };
+        let change = AdminChange {
+            role: Some(Role::Admin),
+            ..AdminChange::default()
+        };
+        let user = self
+            .store
+            .admin_update_user(existing.user.db_id, &change, time::now())
+            .await?;
+        Ok(Some(user))
+    }
+
+    /// `authflow create-admin`, for a new username: creates the account as an administrator.
     pub async fn create_admin(
         &self,
         username: &str,
         email: &str,
         name: Option<&str>,
         password: &str,
-    ) -> Result<(User, bool), Error> {
-        let existing = self
-            .store
-            .find_credentials(&normalize_identifier(username))
-            .await?
-            .filter(|c| c.user.username.eq_ignore_ascii_case(username.trim()));
-        if let Some(existing) = existing {
-            let change = AdminChange {
-                role: Some(Role::Admin),
-                ..AdminChange::default()
-            };
-            let user = self
-                .store
-                .admin_update_user(existing.user.db_id, &change, time::now())
-                .await?;
-            return Ok((user, false));
-        }
+    ) -> Result<User, Error> {
         let registration = Registration {
             name: name.unwrap_or("Administrator").to_owned(),
             username: username.to_owned(),
@@ -140,7 +164,6 @@ impl Auth {
             phone: None,
             role: None,
         };
-        let user = self.create_account(registration, Role::Admin, None).await?;
-        Ok((user, true))
+        self.create_account(registration, Role::Admin, None).await
     }
 }

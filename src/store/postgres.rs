@@ -7,7 +7,10 @@ use sqlx::{PgPool, Postgres, Transaction};
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::shared::{shared_store, SESSION_COLUMNS, USER_COLUMNS};
+use super::shared::{
+    shared_store, LOCK_RATE_LIMIT, LOCK_SIGN_IN_ACCOUNT, LOCK_SIGN_IN_IP, SESSION_COLUMNS,
+    USER_COLUMNS,
+};
 use super::{
     AdminChange, ApiKey, AttemptOutcome, AttemptReservation, Credentials, Delivery, KeyOwner,
     LoginRecord, NewApiKey, NewEmail, NewSession, NewToken, NewUser, OutboxEmail, ProfileChange,
@@ -40,10 +43,16 @@ fn from_legacy(t: LegacyTs) -> Timestamp {
     t.and_utc()
 }
 
-/// Transaction-scoped advisory locks, taken in the order given.
-async fn lock_keys(tx: &mut Transaction<'_, Postgres>, keys: &[String]) -> Result<(), StoreError> {
-    for key in keys {
-        sqlx::query("SELECT pg_advisory_xact_lock(7001, hashtext($1))")
+const FOR_UPDATE: &str = "FOR UPDATE";
+
+/// Transaction-scoped advisory locks `(class, key)`, taken in the order given.
+async fn lock_keys(
+    tx: &mut Transaction<'_, Postgres>,
+    keys: &[(i32, String)],
+) -> Result<(), StoreError> {
+    for (class, key) in keys {
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(class)
             .bind(key)
             .execute(&mut **tx)
             .await?;

@@ -3,8 +3,14 @@
 //! whose statements differ between the backends only through the dialect hooks each of those
 //! files defines next to its invocation: `Db`, `LegacyTs` with `legacy()` / `from_legacy()`
 //! (the old tables' zone-less timestamps), the casts `TOKEN_TYPE`, `ACCESS_STATUS` and
-//! `JSONB`, `SKIP_LOCKED`, `lock_keys()`, `begin_write()` and `conflict()`. Connecting (and
+//! `JSONB`, `SKIP_LOCKED`, `FOR_UPDATE`, `lock_keys()`, `begin_write()` and `conflict()`. Connecting (and
 //! tuning the connection) is each backend's own.
+
+/// Classes of the locks `lock_keys` takes (advisory lock class ids on PostgreSQL): kinds of key
+/// never share a lock, whatever text a caller chooses.
+pub(crate) const LOCK_SIGN_IN_ACCOUNT: i32 = 7001;
+pub(crate) const LOCK_SIGN_IN_IP: i32 = 7002;
+pub(crate) const LOCK_RATE_LIMIT: i32 = 7003;
 
 /// The columns of a user, with its role's name (`u` is `users`, `r` is `roles`).
 pub(crate) const USER_COLUMNS: &str = "CAST(u.user_db_id AS BIGINT) AS db_id, u.user_uid, \
@@ -429,6 +435,19 @@ impl Store for $store {
         .bind(user_db_id)
         .execute(&mut *tx)
         .await?;
+        // Refresh tokens, then sessions, then the account: the order a rotation locks them
+        // in, so a refresh racing the deletion waits instead of deadlocking.
+        sqlx::query(
+            "DELETE FROM refresh_tokens WHERE session_id IN \
+             (SELECT session_id FROM auth_sessions WHERE user_id = $1)",
+        )
+        .bind(user_db_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM auth_sessions WHERE user_id = $1")
+            .bind(user_db_id)
+            .execute(&mut *tx)
+            .await?;
         let done = sqlx::query("DELETE FROM users WHERE user_db_id = $1")
             .bind(user_db_id)
             .execute(&mut *tx)
@@ -514,15 +533,21 @@ impl Store for $store {
             let Some((session_id,)) = used else {
                 return Ok(RefreshOutcome::Invalid);
             };
-            sqlx::query(
-                "UPDATE auth_sessions SET revoked_at = $2 WHERE session_id = $1 AND revoked_at IS NULL",
+            let revoked = sqlx::query(
+                "UPDATE auth_sessions SET revoked_at = $2 WHERE session_id = $1 \
+                 AND revoked_at IS NULL AND expires_at > $2",
             )
             .bind(&session_id)
             .bind(r.now)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            return Ok(RefreshOutcome::Reused);
+            // A replay kills a live session; a session already over just refuses the token.
+            return Ok(if revoked.rows_affected() > 0 {
+                RefreshOutcome::Reused
+            } else {
+                RefreshOutcome::Invalid
+            });
         };
         // SQLite's RETURNING cannot name the FROM tables, so the row is read back after.
         let done = sqlx::query(
@@ -807,8 +832,8 @@ impl Store for $store {
             // Attempts on one account (or identifier), and from one IP, are judged one at a
             // time; the locks are always taken in this order, so they cannot deadlock.
             let locks = [
-                format!("sign-in:account:{}", a.counted_as[0]),
-                format!("sign-in:ip:{}", a.ip),
+                (LOCK_SIGN_IN_ACCOUNT, a.counted_as[0].clone()),
+                (LOCK_SIGN_IN_IP, a.ip.clone()),
             ];
             lock_keys(&mut tx, &locks).await?;
             let (by_identifier, identifier_oldest, by_ip, ip_oldest): (
@@ -877,9 +902,9 @@ impl Store for $store {
     ) -> Result<Option<Timestamp>, StoreError> {
         let mut tx = self.begin_write().await?;
         // Calls for one key are counted one at a time (locks taken in a fixed order).
-        let mut locks: Vec<String> = keys
+        let mut locks: Vec<(i32, String)> = keys
             .iter()
-            .map(|(k, _)| format!("limit:{bucket}:{k}"))
+            .map(|(k, _)| (LOCK_RATE_LIMIT, format!("{bucket}:{k}")))
             .collect();
         locks.sort();
         lock_keys(&mut tx, &locks).await?;
@@ -996,6 +1021,12 @@ impl Store for $store {
         now: Timestamp,
     ) -> Result<User, StoreError> {
         let mut tx = self.begin_write().await?;
+        // Two concurrent changes are applied one after the other, each seeing the other's
+        // result, so a role change always revokes the sessions opened before it.
+        sqlx::query(&format!("SELECT 1 FROM users WHERE user_db_id = $1 {FOR_UPDATE}"))
+            .bind(user_db_id)
+            .execute(&mut *tx)
+            .await?;
         let before = Self::user_by_id(&mut tx, user_db_id).await?;
         sqlx::query(
             "UPDATE users SET \

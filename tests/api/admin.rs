@@ -15,6 +15,7 @@ both_backends!(
     admins_change_deactivate_and_delete_accounts,
     revoked_keys_inactive_owners_and_changed_roles_are_refused_at_once,
     keys_expire_record_use_and_are_never_stored_in_plain_text,
+    write_keys_change_accounts_but_not_roles_nor_their_owner,
 );
 
 /// Runs `authflow create-admin` against the test's database; its stdout is the id.
@@ -120,6 +121,13 @@ async fn create_admin_command_creates_and_promotes(backend: Backend) {
     let out = create_admin(&app, "weak.admin", "weak@example.com", "password1");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("password"));
+    let r = app
+        .post(
+            "/api/auth/signin",
+            json!({"username": "weak.admin", "password": "password1"}),
+        )
+        .await;
+    assert_error(r, 401, "invalid_credentials").await;
 
     // An administrator may create administrators through create-account.
     let r = app
@@ -654,4 +662,86 @@ async fn keys_expire_record_use_and_are_never_stored_in_plain_text(backend: Back
         "unauthorized",
     )
     .await;
+}
+
+async fn write_keys_change_accounts_but_not_roles_nor_their_owner(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let admin = admin_session(&app, "write.admin").await;
+    let key = new_key(
+        &app,
+        admin["token"].as_str().unwrap(),
+        json!({"name": "ops", "scopes": ["users:write"]}),
+    )
+    .await;
+    let key = key["key"].as_str().unwrap();
+    let user = app.signed_in_user("written.user").await;
+    let path = format!("/api/admin/users/{}", user["userId"].as_str().unwrap());
+
+    // users:write changes accounts (and reads them)…
+    let r = with_key(
+        &app,
+        Method::PATCH,
+        &path,
+        key,
+        Some(json!({"email_verified": true})),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["email_verified"], true);
+    assert_eq!(
+        with_key(&app, Method::GET, &path, key, None).await.status(),
+        200
+    );
+    assert_eq!(
+        with_key(&app, Method::POST, &format!("{path}/logout-all"), key, None)
+            .await
+            .status(),
+        200
+    );
+    assert_error(
+        app.get_with("/api/auth/me", user["token"].as_str().unwrap())
+            .await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    // …but never mints an administrator, and never manages its own owner.
+    let r = with_key(
+        &app,
+        Method::PATCH,
+        &path,
+        key,
+        Some(json!({"role": "admin"})),
+    )
+    .await;
+    assert_error(r, 403, "forbidden").await;
+    assert_eq!(app.sign_in("written.user", PASSWORD).await["role"], "user");
+    let own = format!("/api/admin/users/{}", admin["userId"].as_str().unwrap());
+    assert_error(
+        with_key(&app, Method::POST, &format!("{own}/logout-all"), key, None).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    assert_error(
+        with_key(
+            &app,
+            Method::PATCH,
+            &own,
+            key,
+            Some(json!({"email_verified": true})),
+        )
+        .await,
+        403,
+        "forbidden",
+    )
+    .await;
+    assert_eq!(
+        app.get_with("/api/auth/me", admin["token"].as_str().unwrap())
+            .await
+            .status(),
+        200
+    );
 }

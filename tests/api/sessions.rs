@@ -179,6 +179,14 @@ async fn refresh_rotates_and_a_replay_kills_the_session(backend: Backend) {
         )
         .await;
     assert_error(r, 401, "unauthorized").await;
+    // The session is over now: its tokens, rotated or not, are simply refused.
+    let r = app
+        .post(
+            "/api/auth/refresh",
+            json!({"refresh_token": first["refresh_token"]}),
+        )
+        .await;
+    assert_error(r, 401, "unauthorized").await;
 
     // Unknown and missing tokens.
     let r = app
