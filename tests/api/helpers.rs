@@ -50,6 +50,15 @@ pub fn admin_url() -> String {
 /// answers outside CI. Under `CI` an unreachable server fails the test.
 pub async fn fresh_pg_database() -> Option<String> {
     let admin_url = admin_url();
+    // Once PostgreSQL is known to be absent, later tests skip at once instead of each
+    // waiting for the connection timeout.
+    static ABSENT: OnceLock<String> = OnceLock::new();
+    if let Some(why) = ABSENT.get() {
+        if std::env::var_os("CI").is_none() {
+            let _ = writeln!(std::io::stderr(), "SKIPPED (PostgreSQL): {why}");
+            return None;
+        }
+    }
     let admin = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(3))
@@ -58,11 +67,12 @@ pub async fn fresh_pg_database() -> Option<String> {
     let admin = match admin {
         Ok(pool) => pool,
         Err(e) if std::env::var_os("CI").is_none() => {
-            // Not through the test's captured output: this must be seen.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED (PostgreSQL): no database answers at TEST_DATABASE_URL ({e}); set CI=1 to make this a failure"
+            let why = format!(
+                "no database answers at TEST_DATABASE_URL ({e}); set CI=1 to make this a failure"
             );
+            // Not through the test's captured output: this must be seen.
+            let _ = writeln!(std::io::stderr(), "SKIPPED (PostgreSQL): {why}");
+            let _ = ABSENT.set(why);
             return None;
         }
         Err(e) => panic!("CI is set and PostgreSQL does not answer at {admin_url}: {e}"),
