@@ -27,6 +27,7 @@ pub struct App {
     router: axum::Router,
     port: u16,
     outbox: Outbox,
+    auth: Arc<Auth>,
 }
 
 /// The service's parts, wired together: what the server and the command line share.
@@ -90,7 +91,7 @@ impl App {
             tracing::warn!("RATE_LIMITS=off: every rate limit is disabled");
         }
         let state = AppState {
-            auth,
+            auth: Arc::clone(&auth),
             origins: Arc::new(OriginPolicy::new(&config)),
             config: Arc::clone(&config),
         };
@@ -103,6 +104,7 @@ impl App {
             router: router(state),
             port,
             outbox,
+            auth,
         })
     }
 
@@ -117,6 +119,7 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
+        let maintenance = tokio::spawn(maintain(Arc::clone(&self.auth), worker_stopped.clone()));
         let worker = tokio::spawn(self.outbox.run(worker_stopped));
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(
@@ -154,7 +157,27 @@ impl App {
             }
             () = &mut deadline => tracing::warn!("outbox still draining after 30 s; the rest is sent after restart"),
         }
+        maintenance.abort();
         served
+    }
+}
+
+/// Housekeeping off the request path: every hour, drop rate-limit records no window needs.
+async fn maintain(auth: Arc<Auth>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut every_hour = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = every_hour.tick() => match auth.prune_rate_limits().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(rows = n, "pruned rate-limit records"),
+                Err(e) => tracing::warn!(error = %e, "could not prune rate-limit records"),
+            },
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
+        }
     }
 }
 

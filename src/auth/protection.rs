@@ -33,6 +33,13 @@ pub(super) fn ip_key(client: &ClientInfo) -> String {
 }
 
 impl Auth {
+    /// Drops rate-limit records that no window reaches any more (a key that is never used
+    /// again would otherwise keep its rows for ever).
+    pub async fn prune_rate_limits(&self) -> Result<u64, Error> {
+        let before = time::now() - time::duration(HOUR);
+        Ok(self.store.prune_rate_limits(before).await?)
+    }
+
     /// Records the attempt before the password is judged, counted as a failure until it
     /// ends otherwise, atomically with the check of the limits: parallel guesses cannot all
     /// slip under them. For an account, failures by its username and its email count together.

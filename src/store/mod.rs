@@ -447,6 +447,8 @@ pub trait Store: Send + Sync + 'static {
         since: Timestamp,
         now: Timestamp,
     ) -> Result<Option<Timestamp>, StoreError>;
+    /// Removes rate-limit records older than `before` (no window reaches back that far).
+    async fn prune_rate_limits(&self, before: Timestamp) -> Result<u64, StoreError>;
     /// Newest first.
     async fn login_history(
         &self,

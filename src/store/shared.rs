@@ -942,6 +942,14 @@ impl Store for $store {
         Ok(None)
     }
 
+    async fn prune_rate_limits(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM rate_limit_hits WHERE hit_at <= $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn login_history(
         &self,
         user_db_id: i64,

@@ -214,6 +214,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn rate_limits_count_in_their_window_and_old_records_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        let now = crate::time::now();
+        let hour = chrono::Duration::hours(1);
+        let two_hours_ago = now - hour * 2;
+        // One call two hours ago, two now: with a limit of 2 per hour, the third is refused.
+        for at in [two_hours_ago, now, now] {
+            let refused = s
+                .take_rate_limit("signup", &[("ip:1", 2)], at - hour, at)
+                .await
+                .unwrap();
+            assert!(refused.is_none());
+        }
+        let refused = s
+            .take_rate_limit("signup", &[("ip:1", 2)], now - hour, now)
+            .await
+            .unwrap();
+        assert!(refused.is_some());
+        // A key that is never used again keeps its rows until the prune.
+        s.take_rate_limit(
+            "signup",
+            &[("ip:2", 2)],
+            two_hours_ago - hour,
+            two_hours_ago,
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.prune_rate_limits(now - hour).await.unwrap(), 1);
+        let (left,): (i64,) = sqlx::query_as("SELECT count(*) FROM rate_limit_hits")
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
+        assert_eq!(left, 2);
+    }
+
+    #[tokio::test]
     async fn migrations_run_again_on_an_existing_file() {
         let dir = tempfile::tempdir().unwrap();
         let first = store(&dir).await;
