@@ -7,16 +7,8 @@ use sqlx::{PgPool, Postgres, Transaction};
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::shared::{
-    shared_store, LOCK_RATE_LIMIT, LOCK_SIGN_IN_ACCOUNT, LOCK_SIGN_IN_IP, SESSION_COLUMNS,
-    USER_COLUMNS,
-};
-use super::{
-    AdminChange, ApiKey, AttemptOutcome, AttemptReservation, Credentials, Delivery, KeyOwner,
-    LoginRecord, NewApiKey, NewEmail, NewSession, NewToken, NewUser, OutboxEmail, ProfileChange,
-    RefreshOutcome, Reservation, Role, Rotation, Session, SessionUser, Store, StoreError,
-    TokenKind, User,
-};
+use super::shared::shared_store;
+use super::StoreError;
 use crate::time::Timestamp;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");

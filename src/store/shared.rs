@@ -25,6 +25,16 @@ pub(crate) const SESSION_COLUMNS: &str = "s.session_id, s.created_at AS session_
 
 macro_rules! shared_store {
     ($store:ident) => {
+        use $crate::store::shared::{
+            LOCK_RATE_LIMIT, LOCK_SIGN_IN_ACCOUNT, LOCK_SIGN_IN_IP, SESSION_COLUMNS, USER_COLUMNS,
+        };
+        use $crate::store::{
+            AdminChange, ApiKey, AttemptOutcome, AttemptReservation, Credentials, Delivery,
+            KeyOwner, LoginRecord, NewApiKey, NewEmail, NewSession, NewToken, NewUser,
+            OutboxEmail, ProfileChange, RefreshOutcome, Reservation, Role, Rotation, Session,
+            SessionUser, Store, TokenKind, User,
+        };
+
 #[derive(sqlx::FromRow)]
 struct UserRow {
     db_id: i64,

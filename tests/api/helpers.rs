@@ -339,6 +339,22 @@ impl TestApp {
         self.request(Method::GET, path, Some(token), None).await
     }
 
+    /// The access token (or key) is refused: its session is over.
+    pub async fn assert_signed_out(&self, token: &str) {
+        assert_error(
+            self.get_with("/api/auth/me", token).await,
+            401,
+            "unauthorized",
+        )
+        .await;
+    }
+
+    /// The access token (or key) still authenticates.
+    pub async fn assert_signed_in(&self, token: &str) {
+        let r = self.get_with("/api/auth/me", token).await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    }
+
     pub async fn create_account(&self, username: &str, email: &str) -> Response {
         self.post(
             "/api/users/create-account",

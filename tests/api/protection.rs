@@ -531,17 +531,12 @@ async fn two_processes_share_logouts_and_failure_counts(backend: Backend) {
     .unwrap();
     let session = first.signed_in_user("twin.process").await;
     let token = session["token"].as_str().unwrap();
-    assert_eq!(second.get_with("/api/auth/me", token).await.status(), 200);
+    second.assert_signed_in(token).await;
     let r = second
         .request(Method::POST, "/api/auth/logout", Some(token), None)
         .await;
     assert_eq!(r.status(), 200);
-    assert_error(
-        first.get_with("/api/auth/me", token).await,
-        401,
-        "unauthorized",
-    )
-    .await;
+    first.assert_signed_out(token).await;
 
     for i in 0..5 {
         let app = if i % 2 == 0 { &first } else { &second };
