@@ -162,16 +162,24 @@ impl App {
     }
 }
 
-/// Housekeeping off the request path: every hour, drop rate-limit records no window needs.
+/// Housekeeping off the request path: every hour (and once at start), drop rate-limit
+/// records no window needs and whatever has outlived its retention (SPEC §9).
 async fn maintain(auth: Arc<Auth>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut every_hour = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tokio::select! {
-            _ = every_hour.tick() => match auth.prune_rate_limits().await {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(rows = n, "pruned rate-limit records"),
-                Err(e) => tracing::warn!(error = %e, "could not prune rate-limit records"),
-            },
+            _ = every_hour.tick() => {
+                match auth.prune_rate_limits().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(rows = n, "pruned rate-limit records"),
+                    Err(e) => tracing::warn!(error = %e, "could not prune rate-limit records"),
+                }
+                match auth.prune_expired().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(rows = n, "pruned expired history, sessions and emails"),
+                    Err(e) => tracing::warn!(error = %e, "could not prune expired rows"),
+                }
+            }
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
                     return;

@@ -58,6 +58,9 @@ pub struct Limits {
     pub login_max_failures: i64,
     pub login_window: Duration,
     pub login_max_failures_per_ip: i64,
+    /// Failures on one account from every address together; never applied to an address
+    /// that signed in to the account within the refresh-token lifetime.
+    pub login_max_failures_per_account: i64,
     pub signups_per_ip: i64,
     pub recovery_per_email: i64,
     pub recovery_per_ip: i64,
@@ -85,6 +88,13 @@ pub struct Config {
     pub jwt_secret: Option<Secret>,
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
+    /// `SESSION_MAX_AGE_SECS`: a session ends this long after sign-in, whatever the refreshes.
+    pub session_max_age: Duration,
+    /// `REFRESH_REUSE_GRACE_SECS`: a rotated refresh token presented again this soon is a
+    /// retry (answered with a new token), not theft.
+    pub refresh_reuse_grace: Duration,
+    /// `LOGIN_HISTORY_RETENTION_DAYS`: sign-in attempts and history older than this are pruned.
+    pub login_history_retention: Duration,
     pub require_email_verification: bool,
     pub trusted_proxies: Vec<IpNet>,
     pub allowed_origins: Vec<String>,
@@ -202,6 +212,34 @@ impl Config {
             get("REFRESH_TOKEN_TTL_SECS"),
             2_592_000,
         )?);
+        let session_max_age = Duration::from_secs(positive(
+            "SESSION_MAX_AGE_SECS",
+            get("SESSION_MAX_AGE_SECS"),
+            7_776_000,
+        )?);
+        let refresh_reuse_grace = Duration::from_secs(parse_or(
+            "REFRESH_REUSE_GRACE_SECS",
+            get("REFRESH_REUSE_GRACE_SECS"),
+            Some(10u64),
+        )?);
+        if refresh_reuse_grace > Duration::from_secs(300) {
+            return Err(ConfigError::new(
+                "REFRESH_REUSE_GRACE_SECS",
+                "must be at most 300 (a longer grace would hide a stolen token)",
+            ));
+        }
+        let retention_days = positive(
+            "LOGIN_HISTORY_RETENTION_DAYS",
+            get("LOGIN_HISTORY_RETENTION_DAYS"),
+            90,
+        )?;
+        if retention_days > 3650 {
+            return Err(ConfigError::new(
+                "LOGIN_HISTORY_RETENTION_DAYS",
+                "must be at most 3650 (ten years)",
+            ));
+        }
+        let login_history_retention = Duration::from_secs(retention_days * 86_400);
         let require_email_verification = boolean(
             "REQUIRE_EMAIL_VERIFICATION",
             get("REQUIRE_EMAIL_VERIFICATION"),
@@ -243,6 +281,11 @@ impl Config {
                 "LOGIN_MAX_FAILURES_PER_IP",
                 get("LOGIN_MAX_FAILURES_PER_IP"),
                 50,
+            )?,
+            login_max_failures_per_account: count(
+                "LOGIN_MAX_FAILURES_PER_ACCOUNT",
+                get("LOGIN_MAX_FAILURES_PER_ACCOUNT"),
+                100,
             )?,
             signups_per_ip: count(
                 "RATE_LIMIT_SIGNUPS_PER_IP",
@@ -302,6 +345,9 @@ impl Config {
             jwt_secret,
             access_token_ttl,
             refresh_token_ttl,
+            session_max_age,
+            refresh_reuse_grace,
+            login_history_retention,
             require_email_verification,
             trusted_proxies,
             allowed_origins,

@@ -41,6 +41,8 @@ pub enum Error {
     InvalidToken,
     #[error("authentication required")]
     Unauthorized,
+    #[error("access token expired")]
+    TokenExpired,
     #[error("invalid credentials")]
     InvalidCredentials,
     #[error("refresh token reused")]
@@ -57,6 +59,9 @@ pub enum Error {
     EmailTaken,
     #[error("too many requests")]
     TooManyRequests { retry_after_secs: u64 },
+    /// The database does not answer: a transient condition, retried by the client.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
     #[error("internal error: {0:#}")]
     Internal(#[from] anyhow::Error),
 }
@@ -67,10 +72,28 @@ impl From<StoreError> for Error {
             StoreError::UsernameTaken => Error::UsernameTaken,
             StoreError::EmailTaken => Error::EmailTaken,
             StoreError::NotFound => Error::NotFound("resource"),
+            StoreError::Database(e) if is_unavailable(&e) => Error::Unavailable(e.to_string()),
             other => Error::Internal(anyhow::Error::new(other)),
         }
     }
 }
+
+/// Errors that say the database cannot be reached right now (not that a query is wrong).
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+    ) || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| {
+        // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections
+        matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+    }))
+}
+
+/// `Retry-After` of a 503 `unavailable`.
+const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
 
 impl From<crate::domain::ValidationErrors> for Error {
     fn from(e: crate::domain::ValidationErrors) -> Self {
@@ -94,13 +117,15 @@ impl Error {
             }
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::Unauthorized | Error::InvalidCredentials | Error::RefreshTokenReused => {
-                StatusCode::UNAUTHORIZED
-            }
+            Error::Unauthorized
+            | Error::TokenExpired
+            | Error::InvalidCredentials
+            | Error::RefreshTokenReused => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) | Error::EmailNotVerified => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::UsernameTaken | Error::EmailTaken => StatusCode::CONFLICT,
             Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -123,7 +148,15 @@ impl Error {
                 "invalid_token",
                 "The token is invalid, used or expired.".into(),
             ),
-            Error::Unauthorized => ("unauthorized", "Authentication is required.".into()),
+            Error::Unauthorized => (
+                "unauthorized",
+                "Authentication is required: the credentials are missing, invalid or revoked."
+                    .into(),
+            ),
+            Error::TokenExpired => (
+                "token_expired",
+                "The access token has expired; refresh it or sign in again.".into(),
+            ),
             Error::InvalidCredentials => (
                 "invalid_credentials",
                 "Invalid username or password.".into(),
@@ -143,9 +176,16 @@ impl Error {
                 "email_taken",
                 "An account with this email already exists.".into(),
             ),
-            Error::TooManyRequests { .. } => (
+            Error::TooManyRequests { retry_after_secs } => (
                 "too_many_requests",
-                "Too many requests; try again later.".into(),
+                format!(
+                    "Too many requests; try again in {}.",
+                    wait_in_words(*retry_after_secs)
+                ),
+            ),
+            Error::Unavailable(_) => (
+                "unavailable",
+                "The service is temporarily unavailable; try again shortly.".into(),
             ),
             Error::Internal(_) => ("internal_error", "An internal error occurred.".into()),
         };
@@ -161,6 +201,19 @@ impl Error {
     }
 }
 
+/// "42 seconds", "15 minutes", "2 hours": when a limited client may try again.
+fn wait_in_words(secs: u64) -> String {
+    let secs = secs.max(1);
+    let (n, unit) = if secs < 120 {
+        (secs, "second")
+    } else if secs < 2 * 3600 {
+        (secs.div_ceil(60), "minute")
+    } else {
+        (secs.div_ceil(3600), "hour")
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
 fn capitalize(s: &str) -> String {
     let mut chars = s.chars();
     match chars.next() {
@@ -171,19 +224,43 @@ fn capitalize(s: &str) -> String {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        if let Error::Internal(cause) = &self {
-            tracing::error!(error = format!("{cause:#}"), "request failed");
+        match &self {
+            Error::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "request failed");
+            }
+            Error::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "database unavailable");
+            }
+            _ => {}
         }
         let mut response = self.status().into_response();
-        if let Error::TooManyRequests { retry_after_secs } = self {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(retry_after_secs.max(1)),
-            );
+        let headers = response.headers_mut();
+        match self {
+            Error::TooManyRequests { retry_after_secs } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs.max(1)),
+                );
+            }
+            Error::Unavailable(_) => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS),
+                );
+            }
+            // RFC 6750 §3: the bearer credential was missing, bad, expired or revoked.
+            Error::Unauthorized | Error::TokenExpired => {
+                headers.insert(header::WWW_AUTHENTICATE, invalid_token_challenge());
+            }
+            _ => {}
         }
         response.extensions_mut().insert(self.parts());
         response
     }
+}
+
+fn invalid_token_challenge() -> HeaderValue {
+    HeaderValue::from_static("Bearer error=\"invalid_token\"")
 }
 
 /// The envelope of every non-2xx answer (SPEC §4).
@@ -233,6 +310,11 @@ pub async fn envelope(request: Request, next: Next) -> Response {
         None => generic_parts(status, &path),
     };
     let (mut head, _) = response.into_parts();
+    if status == StatusCode::UNAUTHORIZED && parts.code != "invalid_credentials" {
+        head.headers
+            .entry(header::WWW_AUTHENTICATE)
+            .or_insert_with(invalid_token_challenge);
+    }
     let body = ErrorEnvelope {
         error: ErrorBody {
             status: status.as_u16(),
@@ -303,6 +385,8 @@ mod tests {
             (Error::InvalidBody("x".into()), 400, "invalid_body"),
             (Error::InvalidToken, 400, "invalid_token"),
             (Error::Unauthorized, 401, "unauthorized"),
+            (Error::TokenExpired, 401, "token_expired"),
+            (Error::Unavailable("down".into()), 503, "unavailable"),
             (Error::InvalidCredentials, 401, "invalid_credentials"),
             (Error::RefreshTokenReused, 401, "refresh_token_reused"),
             (Error::Forbidden("no"), 403, "forbidden"),
@@ -331,6 +415,29 @@ mod tests {
             assert_eq!(parts.code, code);
             assert!(!parts.message.contains("hunter2"));
         }
+    }
+
+    #[test]
+    fn a_429_says_when_to_try_again() {
+        let wait = |secs| {
+            Error::TooManyRequests {
+                retry_after_secs: secs,
+            }
+            .parts()
+            .message
+        };
+        assert!(
+            wait(42).ends_with("try again in 42 seconds."),
+            "{}",
+            wait(42)
+        );
+        assert!(
+            wait(900).ends_with("try again in 15 minutes."),
+            "{}",
+            wait(900)
+        );
+        assert!(wait(1).ends_with("try again in 1 second."), "{}", wait(1));
+        assert!(wait(3 * 3600).ends_with("try again in 3 hours."));
     }
 
     #[test]

@@ -122,8 +122,17 @@ impl Auth {
         let target = self.target_of(caller, uid).await?;
         Ok(self
             .store
-            .revoke_all_sessions(target.db_id, time::now())
+            .revoke_all_sessions(target.db_id, false, time::now())
             .await?)
+    }
+
+    /// Clears every sign-in failure counted against the account (`users:write`).
+    pub async fn admin_unlock(&self, caller: &Principal, uid: &str) -> Result<u64, Error> {
+        self.require_admin(caller, Scope::UsersWrite)?;
+        let target = self.target_of(caller, uid).await?;
+        let cleared = self.clear_sign_in_failures(&target).await?;
+        tracing::info!(admin = %caller.user.uid, user = %target.uid, cleared, "sign-in failures cleared by an administrator");
+        Ok(cleared)
     }
 
     /// `authflow create-admin`, for an existing username: makes it an administrator (its

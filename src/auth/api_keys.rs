@@ -6,8 +6,9 @@ use rand::RngCore;
 use subtle::ConstantTimeEq;
 
 use super::tokens::{digest, random_token};
-use super::{Auth, Credential, Principal};
+use super::{Auth, ClientInfo, Credential, Principal};
 use crate::error::{Error, FieldError};
+use crate::mail::templates::Email;
 use crate::store::{ApiKey, NewApiKey, Role};
 use crate::time;
 
@@ -67,6 +68,8 @@ pub struct KeyRequest {
     pub name: String,
     pub scopes: Option<Vec<String>>,
     pub expires_in_days: Option<i64>,
+    /// The owner's current password: a stolen session alone cannot mint a lasting credential.
+    pub password: String,
 }
 
 fn split(value: &str) -> Option<(&str, &str)> {
@@ -82,14 +85,22 @@ pub fn is_api_key(value: &str) -> bool {
 }
 
 impl Auth {
-    /// Signed in with a session (a key cannot make keys); `users:*` scopes need an admin.
+    /// Signed in with a session (a key cannot make keys) and the current password again;
+    /// `users:*` scopes need an admin. The owner is emailed about the new key.
     pub async fn create_api_key(
         &self,
         principal: &Principal,
         request: KeyRequest,
+        client: &ClientInfo,
     ) -> Result<CreatedKey, Error> {
         principal.session_id()?;
         let mut errors = Vec::new();
+        if request.password.is_empty() {
+            errors.push(FieldError::new(
+                "password",
+                "Your current password is required to create a key.",
+            ));
+        }
         let name = request.name.trim().to_owned();
         if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
             errors.push(FieldError::new(
@@ -124,6 +135,8 @@ impl Auth {
         if !errors.is_empty() {
             return Err(Error::Validation(errors));
         }
+        self.verify_current_password(&principal.user, request.password, client)
+            .await?;
         let admin_scope = scopes
             .iter()
             .any(|s| matches!(s, Scope::UsersRead | Scope::UsersWrite));
@@ -151,7 +164,18 @@ impl Auth {
             now,
             expires_at: days.map(|d| now + chrono::Duration::days(d)),
         };
-        self.store.create_api_key(&key).await?;
+        let expires = key.expires_at.map(time::rfc3339);
+        let notice = self.render(
+            &principal.user.email,
+            &Email::ApiKeyCreated {
+                name: &principal.user.name,
+                key_name: &key.name,
+                key_id: &key.id,
+                expires: expires.as_deref(),
+            },
+        )?;
+        self.store.create_api_key(&key, &notice).await?;
+        self.mail_wake.notify_one();
         tracing::info!(user = %principal.user.uid, key = %id, "API key created");
         Ok(CreatedKey {
             value: format!("{PREFIX}{id}_{secret}"),

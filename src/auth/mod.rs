@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::config::Config;
-use crate::domain::{DisplayName, Email, NewPassword, Phone, Username, ValidationErrors};
+use crate::domain::{DisplayName, Email, Phone, Username, ValidationErrors};
 use crate::error::Error;
 use crate::geo::ipinfo::GeoLocator;
 use crate::store::{
@@ -162,21 +162,7 @@ impl Auth {
         role: Role,
         client: Option<&ClientInfo>,
     ) -> Result<User, Error> {
-        let mut errors = ValidationErrors::default();
-        let name = errors.check("name", DisplayName::parse(&input.name));
-        let username = errors.check("username", Username::parse(&input.username));
-        let email = errors.check("email", Email::parse(&input.email));
-        let phone = errors.check("phone", Phone::parse(input.phone.as_deref().unwrap_or("")));
-        let user_inputs = [input.username.trim(), input.name.trim(), input.email.trim()];
-        let password = errors.check(
-            "password",
-            NewPassword::parse(&input.password, &user_inputs),
-        );
-        let (Some(name), Some(username), Some(email), Some(phone), Some(password)) =
-            (name, username, email, phone, password)
-        else {
-            return Err(errors.into());
-        };
+        // The limit comes first: an invalid request costs a caller a try like any other.
         if let Some(client) = client {
             let ip = protection::ip_key(client);
             self.take_limits(
@@ -185,6 +171,25 @@ impl Auth {
             )
             .await?;
         }
+        let mut errors = ValidationErrors::default();
+        let name = errors.check("name", DisplayName::parse(&input.name));
+        let username = errors.check("username", Username::parse(&input.username));
+        let email = errors.check("email", Email::parse(&input.email));
+        let phone = errors.check("phone", Phone::parse(input.phone.as_deref().unwrap_or("")));
+        let user_inputs = vec![
+            input.username.trim().to_owned(),
+            input.name.trim().to_owned(),
+            input.email.trim().to_owned(),
+        ];
+        let password = errors.check(
+            "password",
+            self.passwords.judge(input.password, user_inputs).await?,
+        );
+        let (Some(name), Some(username), Some(email), Some(phone), Some(password)) =
+            (name, username, email, phone, password)
+        else {
+            return Err(errors.into());
+        };
         let password_hash = self.passwords.hash(password.expose().to_owned()).await?;
         let (verification, welcome) = self.welcome(name.as_str(), email.as_str())?;
         let user = self
@@ -229,10 +234,8 @@ impl Auth {
 
         let credentials = self.store.find_credentials(&identifier).await?;
         let account = credentials.as_ref().map(|c| c.user.clone());
-        let reservation = self
+        let attempt = self
             .reserve_attempt(&identifier, account.as_ref(), &client)
-            .await?;
-        self.refuse_if_limited(&reservation, account.as_ref(), &client)
             .await?;
 
         let stored_hash = credentials.as_ref().map(|c| c.password_hash.clone());
@@ -245,13 +248,13 @@ impl Auth {
                 (c.user, needs_rehash)
             }
             _ => {
-                self.finish_attempt(&reservation, &client, account.as_ref(), false, true)
+                self.finish_attempt(attempt, &client, account.as_ref(), false, true)
                     .await?;
                 return Err(Error::InvalidCredentials);
             }
         };
         if self.config.require_email_verification && !user.email_verified {
-            self.finish_attempt(&reservation, &client, Some(&user), false, false)
+            self.finish_attempt(attempt, &client, Some(&user), false, false)
                 .await?;
             return Err(Error::EmailNotVerified);
         }
@@ -260,7 +263,7 @@ impl Auth {
                 self.rehash_in_background(user.db_id, old, password);
             }
         }
-        let tokens = self.start_session(user, client, &reservation).await?;
+        let tokens = self.start_session(user, client, attempt).await?;
         tracing::info!(user = %tokens.user.uid, session = %tokens.session_id, "signed in");
         Ok(tokens)
     }
@@ -288,13 +291,13 @@ impl Auth {
         &self,
         mut user: User,
         client: ClientInfo,
-        reservation: &protection::Reservation,
+        attempt: protection::AttemptId,
     ) -> Result<IssuedTokens, Error> {
         let now = time::now();
         let session_cookie = random_token();
         let refresh_token = random_token();
         let session_id = uuid::Uuid::new_v4().to_string();
-        let (outcome, lookup) = self.outcome(reservation, &client, Some(&user), true, true);
+        let (outcome, lookup) = self.outcome(attempt, &client, Some(&user), true, true);
         let log_id = self
             .store
             .start_session(
@@ -306,7 +309,12 @@ impl Auth {
                     ip: client.ip.map(|ip| ip.to_string()),
                     user_agent: client.user_agent,
                     now,
-                    expires_at: now + time::duration(self.config.refresh_token_ttl),
+                    expires_at: now
+                        + time::duration(
+                            self.config
+                                .refresh_token_ttl
+                                .min(self.config.session_max_age),
+                        ),
                 },
                 &outcome,
             )
@@ -354,6 +362,8 @@ impl Auth {
                 new_cookie_hash: digest(&new_cookie),
                 now,
                 expires_at: now + time::duration(self.config.refresh_token_ttl),
+                max_age: time::duration(self.config.session_max_age),
+                grace_since: now - time::duration(self.config.refresh_reuse_grace),
             })
             .await?;
         match outcome {
@@ -413,12 +423,15 @@ impl Auth {
         Ok(())
     }
 
-    pub async fn logout_all(&self, principal: &Principal) -> Result<u64, Error> {
+    /// Ends every session of the caller, and with `api_keys` revokes every key too.
+    pub async fn logout_all(&self, principal: &Principal, api_keys: bool) -> Result<u64, Error> {
         principal.session_id()?;
-        Ok(self
+        let ended = self
             .store
-            .revoke_all_sessions(principal.user.db_id, time::now())
-            .await?)
+            .revoke_all_sessions(principal.user.db_id, api_keys, time::now())
+            .await?;
+        tracing::info!(user = %principal.user.uid, sessions = ended, api_keys, "signed out everywhere");
+        Ok(ended)
     }
 
     pub async fn sessions(&self, principal: &Principal) -> Result<Vec<Session>, Error> {

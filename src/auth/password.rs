@@ -10,6 +10,7 @@ use argon2::password_hash::{self, Output, ParamsString, PasswordHash, SaltString
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tokio::sync::Semaphore;
 
+use crate::domain::NewPassword;
 use crate::error::Error;
 
 /// OWASP's argon2id baseline, as SPEC §3 asks: m=19456 KiB, t=2, p=1.
@@ -28,6 +29,9 @@ pub enum Verification {
 #[derive(Clone)]
 pub struct Passwords {
     permits: Arc<Semaphore>,
+    /// Strength checks (zxcvbn) run on the blocking pool too, bounded apart from hashing so
+    /// that neither starves the other.
+    strength_permits: Arc<Semaphore>,
     memory: Memory,
     /// Verified when the account does not exist, so that failure costs the same time.
     dummy_hash: Arc<str>,
@@ -169,6 +173,7 @@ impl Passwords {
         })?;
         Ok(Self {
             permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            strength_permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
             memory,
             dummy_hash: dummy_hash.into(),
         })
@@ -189,6 +194,27 @@ impl Passwords {
                 .await
                 .context("password hashing task failed")?,
         )
+    }
+
+    /// Judges a new password (length and zxcvbn strength against the account's own words)
+    /// on the blocking pool: `Ok(Err(message))` when it is too weak.
+    pub async fn judge(
+        &self,
+        password: String,
+        user_inputs: Vec<String>,
+    ) -> Result<Result<NewPassword, String>, Error> {
+        let _permit = self
+            .strength_permits
+            .acquire()
+            .await
+            .context("password strength pool closed")?;
+        tokio::task::spawn_blocking(move || {
+            let inputs: Vec<&str> = user_inputs.iter().map(String::as_str).collect();
+            NewPassword::parse(&password, &inputs)
+        })
+        .await
+        .context("password strength task failed")
+        .map_err(Error::from)
     }
 
     pub async fn hash(&self, password: String) -> Result<String, Error> {

@@ -8,9 +8,14 @@ use std::time::Duration;
 use super::{Auth, ClientInfo};
 use crate::error::Error;
 use crate::geo::ipinfo::Located;
-pub(super) use crate::store::Reservation;
-use crate::store::{AccountAttempt, AttemptOutcome, AttemptReservation, User};
+use crate::store::{
+    AccountAttempt, AttemptOutcome, AttemptReservation, Prune, Reservation, SignInLimits, User,
+};
 use crate::time::{self, Timestamp};
+
+/// A sign-in attempt recorded (as a counted failure until it ends otherwise).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct AttemptId(i64);
 
 /// Create-account, forgot-password and resend-verification limits count per hour.
 const HOUR: Duration = Duration::from_secs(3600);
@@ -42,13 +47,14 @@ impl Auth {
 
     /// Records the attempt before the password is judged, counted as a failure until it
     /// ends otherwise, atomically with the check of the limits: parallel guesses cannot all
-    /// slip under them. For an account, failures by its username and its email count together.
+    /// slip under them. For an account, failures by its username and its email count
+    /// together. A refused attempt is answered 429 and recorded nowhere.
     pub(super) async fn reserve_attempt(
         &self,
         identifier: &str,
         account: Option<&User>,
         client: &ClientInfo,
-    ) -> Result<Reservation, Error> {
+    ) -> Result<AttemptId, Error> {
         let limits = &self.config.limits;
         let now = time::now();
         let counted_as = match account {
@@ -61,33 +67,62 @@ impl Auth {
                 identifier: identifier.to_owned(),
                 counted_as,
                 ip: ip_key(client),
-                limits: limits
-                    .enabled
-                    .then_some((limits.login_max_failures, limits.login_max_failures_per_ip)),
+                limits: limits.enabled.then_some(SignInLimits {
+                    per_account_and_ip: limits.login_max_failures,
+                    per_account: limits.login_max_failures_per_account,
+                    per_ip: limits.login_max_failures_per_ip,
+                }),
                 since: now - time::duration(limits.login_window),
+                known_since: now - time::duration(self.config.refresh_token_ttl),
                 now,
             })
             .await?;
-        Ok(reservation)
+        match reservation {
+            Reservation::Granted { attempt_id } => Ok(AttemptId(attempt_id)),
+            Reservation::Refused { oldest } => {
+                metrics::counter!("authflow_sign_in_refused_total").increment(1);
+                tracing::info!("sign-in refused by a failure limit");
+                Err(retry_after(Some(oldest), limits.login_window, now))
+            }
+        }
     }
 
-    /// `Err(TooManyRequests)` (after recording it) when the reservation was refused.
-    pub(super) async fn refuse_if_limited(
-        &self,
-        reservation: &Reservation,
-        account: Option<&User>,
-        client: &ClientInfo,
-    ) -> Result<(), Error> {
-        let Some(oldest) = reservation.refused else {
-            return Ok(());
-        };
-        self.finish_attempt(reservation, client, account, false, false)
-            .await?;
-        Err(retry_after(
-            Some(oldest),
-            self.config.limits.login_window,
-            time::now(),
-        ))
+    /// Clears the account's sign-in failures (an administrator's unlock).
+    pub(super) async fn clear_sign_in_failures(&self, user: &User) -> Result<u64, Error> {
+        Ok(self.store.clear_sign_in_failures(user.db_id).await?)
+    }
+
+    /// Deletes what has outlived its use (SPEC §9), a bounded batch at a time; returns the
+    /// number of rows removed.
+    pub async fn prune_expired(&self) -> Result<u64, Error> {
+        const BATCH: i64 = 1000;
+        const ENDED_KEPT: chrono::Duration = chrono::Duration::days(30);
+        let now = time::now();
+        let kinds = [
+            Prune::History {
+                before: now - time::duration(self.config.login_history_retention),
+            },
+            Prune::RotatedTokens { now },
+            Prune::EndedSessions {
+                before: now - ENDED_KEPT,
+            },
+            Prune::FinishedEmails {
+                before: now - ENDED_KEPT,
+            },
+        ];
+        let mut total = 0;
+        for kind in kinds {
+            loop {
+                let n = self.store.prune(kind, BATCH).await?;
+                total += n;
+                if n < BATCH.unsigned_abs() {
+                    break;
+                }
+                // Let requests through between batches.
+                tokio::task::yield_now().await;
+            }
+        }
+        Ok(total)
     }
 
     /// One call of a limited action (`bucket`) for each key, within an hour; refused calls
@@ -114,7 +149,7 @@ impl Auth {
     /// How the attempt ended, as stored, and the address still to be located (if any).
     pub(super) fn outcome(
         &self,
-        reservation: &Reservation,
+        attempt: AttemptId,
         client: &ClientInfo,
         account: Option<&User>,
         success: bool,
@@ -129,7 +164,7 @@ impl Auth {
             _ => (serde_json::json!({"ip": ip}), None),
         };
         let outcome = AttemptOutcome {
-            attempt_id: reservation.attempt_id,
+            attempt_id: attempt.0,
             success,
             counted,
             ip,
@@ -154,13 +189,13 @@ impl Auth {
     /// Records how the attempt ended (a failure, or a success that opens no session).
     pub(super) async fn finish_attempt(
         &self,
-        reservation: &Reservation,
+        attempt: AttemptId,
         client: &ClientInfo,
         account: Option<&User>,
         success: bool,
         counted: bool,
     ) -> Result<(), Error> {
-        let (outcome, lookup) = self.outcome(reservation, client, account, success, counted);
+        let (outcome, lookup) = self.outcome(attempt, client, account, success, counted);
         let log_id = self.store.finish_sign_in(&outcome).await?;
         self.locate_later(log_id, lookup);
         Ok(())
@@ -175,10 +210,8 @@ impl Auth {
         client: &ClientInfo,
     ) -> Result<(), Error> {
         let identifier = user.username.to_lowercase();
-        let reservation = self
+        let attempt = self
             .reserve_attempt(&identifier, Some(user), client)
-            .await?;
-        self.refuse_if_limited(&reservation, Some(user), client)
             .await?;
         let stored = self
             .store
@@ -189,7 +222,7 @@ impl Auth {
             self.passwords.verify(password, stored).await?,
             super::password::Verification::Valid { .. }
         );
-        self.finish_attempt(&reservation, client, Some(user), valid, true)
+        self.finish_attempt(attempt, client, Some(user), valid, true)
             .await?;
         if valid {
             Ok(())

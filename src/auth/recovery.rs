@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::tokens::{digest, random_token};
 use super::{normalize_identifier, Auth, ClientInfo, Principal};
-use crate::domain::{Email as EmailAddress, NewPassword};
+use crate::domain::Email as EmailAddress;
 use crate::error::{Error, FieldError};
 use crate::mail::templates::{render, Email};
 use crate::store::{NewEmail, NewToken, TokenKind, User};
@@ -27,7 +27,7 @@ fn required(field: &str, value: &str) -> Result<(), Error> {
 }
 
 impl Auth {
-    fn render(&self, to: &str, email: &Email<'_>) -> Result<NewEmail, Error> {
+    pub(super) fn render(&self, to: &str, email: &Email<'_>) -> Result<NewEmail, Error> {
         let rendered = render(email).map_err(|e| anyhow::anyhow!("rendering an email: {e}"))?;
         Ok(NewEmail {
             kind: rendered.kind.as_str(),
@@ -195,7 +195,13 @@ impl Auth {
             .token_user(TokenKind::PasswordReset, &hash, time::now())
             .await?
             .ok_or(Error::InvalidToken)?;
-        let password = NewPassword::parse(password, &[&user.username, &user.name, &user.email])
+        let password = self
+            .passwords
+            .judge(
+                password.to_owned(),
+                vec![user.username.clone(), user.name.clone(), user.email.clone()],
+            )
+            .await?
             .map_err(|m| Error::Validation(vec![FieldError::new("password", m)]))?;
         let password_hash = self.passwords.hash(password.expose().to_owned()).await?;
         let notice = self.render(&user.email, &Email::PasswordChanged { name: &user.name })?;
@@ -247,7 +253,13 @@ impl Auth {
         principal.session_id()?;
         required("current_password", &current)?;
         let user = &principal.user;
-        let new = NewPassword::parse(new, &[&user.username, &user.name, &user.email])
+        let new = self
+            .passwords
+            .judge(
+                new.to_owned(),
+                vec![user.username.clone(), user.name.clone(), user.email.clone()],
+            )
+            .await?
             .map_err(|m| Error::Validation(vec![FieldError::new("new_password", m)]))?;
         self.verify_current_password(user, current, client).await?;
         let password_hash = self.passwords.hash(new.expose().to_owned()).await?;

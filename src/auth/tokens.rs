@@ -95,7 +95,12 @@ impl Jwt {
     pub fn verify(&self, token: &str) -> Result<Claims, Error> {
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
-            .map_err(|_| Error::Unauthorized)
+            .map_err(|e| match e.kind() {
+                // Only a token that is otherwise good can be "expired": the signature and
+                // algorithm are checked before `exp`.
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => Error::TokenExpired,
+                _ => Error::Unauthorized,
+            })
     }
 }
 

@@ -167,6 +167,35 @@ impl Phone {
 /// A password accepted for a new credential: 8–128 characters, zxcvbn score ≥ 3.
 pub struct NewPassword(String);
 
+/// How many leading characters of a new password zxcvbn scores.
+pub const STRENGTH_PREFIX: usize = 40;
+/// How many characters of each user input (username, name, email) zxcvbn is given.
+pub const USER_INPUT_MAX: usize = 200;
+/// How many distinct look-alike characters zxcvbn tries as letters.
+pub const LOOKALIKES_MAX: usize = 6;
+
+/// The characters zxcvbn reads as letters (its l33t table: `4` and `@` for a, `1` for i or l…).
+const LOOKALIKES: &str = "4@8({[<36917|!0$5+%2";
+
+/// What zxcvbn is given of a password: a bounded prefix with a bounded set of look-alikes.
+fn scored_part(raw: &str) -> String {
+    let mut seen: Vec<char> = Vec::with_capacity(LOOKALIKES_MAX);
+    raw.chars()
+        .take(STRENGTH_PREFIX)
+        .map(|c| {
+            if !LOOKALIKES.contains(c) || seen.contains(&c) {
+                c
+            } else if seen.len() < LOOKALIKES_MAX {
+                seen.push(c);
+                c
+            } else {
+                // A symbol zxcvbn does not read as a letter.
+                '#'
+            }
+        })
+        .collect()
+}
+
 impl std::fmt::Debug for NewPassword {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("NewPassword([redacted])")
@@ -176,20 +205,31 @@ impl std::fmt::Debug for NewPassword {
 impl NewPassword {
     /// `user_inputs` are the account's own words (username, name, email), which make a
     /// password guessable when it contains them.
+    ///
+    /// zxcvbn's cost grows steeply with length and, above all, with the number of distinct
+    /// look-alike characters (`4@1|7$…`, each a guess at a letter): 128 of them cost about a
+    /// second of CPU. So only the first [`STRENGTH_PREFIX`] characters are scored (more
+    /// characters only add strength: a prefix strong enough makes the whole strong enough),
+    /// look-alikes beyond the first [`LOOKALIKES_MAX`] distinct ones are scored as a plain
+    /// symbol, and user inputs are cut to [`USER_INPUT_MAX`]. That costs a few milliseconds
+    /// at most: still CPU work, which callers run off the async workers.
     pub fn parse(raw: &str, user_inputs: &[&str]) -> Result<Self, String> {
         let len = raw.chars().count();
         if !(8..=128).contains(&len) {
             return Err("Password must be 8 to 128 characters long.".into());
         }
-        let mut inputs: Vec<&str> = user_inputs.to_vec();
+        let cut = |s: &str| -> String { s.chars().take(USER_INPUT_MAX).collect() };
+        let mut owned: Vec<String> = user_inputs.iter().map(|s| cut(s)).collect();
         // The parts of an email address are guessable on their own.
         for input in user_inputs {
             if let Some((local, domain)) = input.split_once('@') {
-                inputs.push(local);
-                inputs.push(domain);
+                owned.push(cut(local));
+                owned.push(cut(domain));
             }
         }
-        let entropy = zxcvbn::zxcvbn(raw, &inputs);
+        let inputs: Vec<&str> = owned.iter().map(String::as_str).collect();
+        let judged = scored_part(raw);
+        let entropy = zxcvbn::zxcvbn(&judged, &inputs);
         if u8::from(entropy.score()) >= 3 {
             return Ok(Self(raw.to_owned()));
         }
@@ -214,6 +254,21 @@ impl NewPassword {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strength_is_judged_on_a_bounded_part() {
+        let hostile: String = "4@8({[<3&69!|170$5+%2".chars().cycle().take(128).collect();
+        let part = scored_part(&hostile);
+        assert_eq!(part.chars().count(), STRENGTH_PREFIX);
+        let distinct: std::collections::HashSet<char> =
+            part.chars().filter(|c| LOOKALIKES.contains(*c)).collect();
+        assert_eq!(distinct.len(), LOOKALIKES_MAX);
+        assert_eq!(scored_part("p@ssw0rd"), "p@ssw0rd");
+        // Weak stays weak, strong stays strong.
+        assert!(NewPassword::parse("p@ssw0rd1", &[]).is_err());
+        assert!(NewPassword::parse(&hostile, &[]).is_ok());
+        assert!(NewPassword::parse("correct horse battery staple 1|7", &[]).is_ok());
+    }
 
     #[test]
     fn usernames() {

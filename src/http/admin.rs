@@ -23,6 +23,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(get_user, update_user, delete_user))
         .routes(routes!(logout_user))
+        .routes(routes!(unlock_user))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -156,5 +157,23 @@ async fn logout_user(
     let n = state.auth.admin_logout_all(&caller, &id).await?;
     Ok(Json(MessageResponse {
         message: format!("Revoked {n} session(s)"),
+    }))
+}
+
+/// Clear every sign-in failure counted against an account, lifting its lockouts
+/// (administrators; keys need `users:write`).
+#[utoipa::path(post, path = "/users/{id}/unlock", tag = "admin",
+    params(("id" = String, Path, description = "The user's id")),
+    responses((status = 200, body = MessageResponse), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)),
+    security(("bearer" = []), ("cookie" = []), ("api_key" = ["users:write"])))]
+async fn unlock_user(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<MessageResponse>, Error> {
+    let n = state.auth.admin_unlock(&caller, &id).await?;
+    Ok(Json(MessageResponse {
+        message: format!("Cleared {n} sign-in failure(s)"),
     }))
 }

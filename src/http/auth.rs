@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{ApiJson, AuthUser, Caller, Client, SESSION_COOKIE};
+use super::extract::{ApiJson, AuthUser, Caller, Client, OptionalApiJson, SESSION_COOKIE};
 use super::{AppState, MessageResponse, UserView};
 use crate::auth::IssuedTokens;
 use crate::error::{Error, ErrorEnvelope, FinalBody};
@@ -181,15 +181,25 @@ fn logged_out(state: &AppState, message: &str) -> Response {
         .into_response()
 }
 
-/// Revoke every session of the signed-in user.
-#[utoipa::path(post, path = "/logout-all", tag = "auth",
+/// What else `logout-all` ends (the body is optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct LogoutAllRequest {
+    /// Also revoke every API key of the account (default false).
+    #[serde(default)]
+    pub api_keys: bool,
+}
+
+/// Revoke every session of the signed-in user; with `{"api_keys": true}` every API key too.
+#[utoipa::path(post, path = "/logout-all", tag = "auth", request_body(content = Option<LogoutAllRequest>),
     responses((status = 200, body = MessageResponse), (status = 401, body = ErrorEnvelope)),
     security(("bearer" = []), ("cookie" = [])))]
 async fn logout_all(
     State(state): State<AppState>,
     AuthUser(principal): AuthUser,
+    OptionalApiJson(body): OptionalApiJson<LogoutAllRequest>,
 ) -> Result<Response, Error> {
-    let n = state.auth.logout_all(&principal).await?;
+    let api_keys = body.is_some_and(|b| b.api_keys);
+    let n = state.auth.logout_all(&principal, api_keys).await?;
     Ok(logged_out(&state, &format!("Logged out of {n} session(s)")))
 }
 

@@ -40,6 +40,30 @@ where
     }
 }
 
+/// A JSON body that may be left out entirely (no bytes): `None`; otherwise as [`ApiJson`].
+pub struct OptionalApiJson<T>(pub Option<T>);
+
+impl<S, T> FromRequest<S> for OptionalApiJson<T>
+where
+    ApiJson<T>: FromRequest<S, Rejection = Error>,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        let bytes = axum::body::to_bytes(body, super::BODY_LIMIT)
+            .await
+            .map_err(|_| Error::PayloadTooLarge)?;
+        if bytes.is_empty() {
+            return Ok(Self(None));
+        }
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
+        let ApiJson(value) = ApiJson::<T>::from_request(req, state).await?;
+        Ok(Self(Some(value)))
+    }
+}
+
 /// serde's own description of what is wrong (no internals: it speaks of the client's JSON).
 fn json_problem(rejection: &JsonRejection) -> String {
     let text = rejection.body_text();
@@ -108,6 +132,8 @@ impl FromRequestParts<AppState> for MaybeAuthUser {
         let Some(cookie) = jar.get(SESSION_COOKIE) else {
             return Ok(Self(None));
         };
+        // An invalid cookie is 401 whatever the Origin: the client learns to sign in again.
+        let principal = state.auth.authenticate_cookie(cookie.value()).await?;
         // A browser sends the cookie along with any site's request: a state change made with
         // it must come from a page of ours (CSRF).
         if !parts.method.is_safe() {
@@ -121,9 +147,7 @@ impl FromRequestParts<AppState> for MaybeAuthUser {
                 ));
             }
         }
-        Ok(Self(Some(
-            state.auth.authenticate_cookie(cookie.value()).await?,
-        )))
+        Ok(Self(Some(principal)))
     }
 }
 

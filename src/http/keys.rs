@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{ApiJson, AuthUser};
+use super::extract::{ApiJson, AuthUser, Client};
 use super::AppState;
 use crate::auth::{KeyRequest, Scope};
 use crate::error::{Error, ErrorEnvelope};
@@ -29,6 +29,8 @@ pub struct CreateKeyRequest {
     pub scopes: Option<Vec<String>>,
     /// No expiry when omitted; 1–3650.
     pub expires_in_days: Option<i64>,
+    /// The current password: a session alone cannot mint a lasting credential.
+    pub password: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -78,6 +80,7 @@ impl From<&ApiKey> for KeyView {
 async fn create_key(
     State(state): State<AppState>,
     AuthUser(principal): AuthUser,
+    Client(client): Client,
     ApiJson(body): ApiJson<CreateKeyRequest>,
 ) -> Result<(StatusCode, Json<CreatedKeyResponse>), Error> {
     let created = state
@@ -88,7 +91,9 @@ async fn create_key(
                 name: body.name,
                 scopes: body.scopes,
                 expires_in_days: body.expires_in_days,
+                password: body.password,
             },
+            &client,
         )
         .await?;
     let view = KeyView::from(&created.key);

@@ -8,6 +8,7 @@ pub enum EmailKind {
     Welcome,
     PasswordReset,
     PasswordChanged,
+    ApiKeyCreated,
 }
 
 impl EmailKind {
@@ -16,6 +17,7 @@ impl EmailKind {
             EmailKind::Welcome => "welcome",
             EmailKind::PasswordReset => "password_reset",
             EmailKind::PasswordChanged => "password_changed",
+            EmailKind::ApiKeyCreated => "api_key_created",
         }
     }
 }
@@ -36,6 +38,13 @@ pub enum Email<'a> {
     PasswordChanged {
         name: &'a str,
     },
+    /// A key was created: the owner is told, in case it was not them (SPEC §9).
+    ApiKeyCreated {
+        name: &'a str,
+        key_name: &'a str,
+        key_id: &'a str,
+        expires: Option<&'a str>,
+    },
 }
 
 impl Email<'_> {
@@ -44,6 +53,7 @@ impl Email<'_> {
             Email::Welcome { .. } => EmailKind::Welcome,
             Email::PasswordReset { .. } => EmailKind::PasswordReset,
             Email::PasswordChanged { .. } => EmailKind::PasswordChanged,
+            Email::ApiKeyCreated { .. } => EmailKind::ApiKeyCreated,
         }
     }
 }
@@ -92,6 +102,28 @@ pub fn render(email: &Email<'_>) -> Result<Rendered, askama::Error> {
             "Your Auth Flow password was changed",
             PasswordChangedText { name }.render()?,
             PasswordChangedHtml { name }.render()?,
+        ),
+        Email::ApiKeyCreated {
+            name,
+            key_name,
+            key_id,
+            expires,
+        } => (
+            "A new API key was created for your Auth Flow account",
+            ApiKeyCreatedText {
+                name,
+                key_name,
+                key_id,
+                expires,
+            }
+            .render()?,
+            ApiKeyCreatedHtml {
+                name,
+                key_name,
+                key_id,
+                expires,
+            }
+            .render()?,
         ),
     };
     Ok(Rendered {
@@ -142,6 +174,24 @@ struct PasswordChangedText<'a> {
 #[template(path = "email/password_changed.html")]
 struct PasswordChangedHtml<'a> {
     name: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "email/api_key_created.txt")]
+struct ApiKeyCreatedText<'a> {
+    name: &'a str,
+    key_name: &'a str,
+    key_id: &'a str,
+    expires: Option<&'a str>,
+}
+
+#[derive(Template)]
+#[template(path = "email/api_key_created.html")]
+struct ApiKeyCreatedHtml<'a> {
+    name: &'a str,
+    key_name: &'a str,
+    key_id: &'a str,
+    expires: Option<&'a str>,
 }
 
 #[cfg(test)]

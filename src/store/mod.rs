@@ -125,8 +125,12 @@ pub struct Rotation {
     pub new_refresh_hash: String,
     pub new_cookie_hash: String,
     pub now: Timestamp,
-    /// The session's new end (sliding lifetime).
+    /// The session's new end (sliding lifetime), before the absolute cap.
     pub expires_at: Timestamp,
+    /// `SESSION_MAX_AGE_SECS`: no refresh carries a session past `created_at + max_age`.
+    pub max_age: chrono::Duration,
+    /// A token rotated after this is presented again by a retry: answered, not punished.
+    pub grace_since: Timestamp,
 }
 
 #[derive(Debug)]
@@ -221,18 +225,33 @@ pub struct AttemptReservation {
     /// (so switching between them gains nothing), else just `identifier`.
     pub counted_as: [String; 2],
     pub ip: String,
-    /// `(per identifier, per IP)` failures allowed since `since`; `None`: limits are off.
-    pub limits: Option<(i64, i64)>,
+    /// `None`: limits are off.
+    pub limits: Option<SignInLimits>,
+    /// Start of the failure-counting window.
     pub since: Timestamp,
+    /// An address that signed in successfully after this is known to the account.
+    pub known_since: Timestamp,
     pub now: Timestamp,
 }
 
+/// Failures allowed within the window (SPEC §9).
+#[derive(Debug, Clone, Copy)]
+pub struct SignInLimits {
+    /// For one account from one address: a guesser blocks only their own address.
+    pub per_account_and_ip: i64,
+    /// For one account from every address, except addresses known to the account.
+    pub per_account: i64,
+    /// From one address across every account (credential stuffing).
+    pub per_ip: i64,
+}
+
 #[derive(Debug, Clone)]
-pub struct Reservation {
-    pub attempt_id: i64,
-    /// Refused by a limit (recorded, not counted): the oldest counted failure of the full
-    /// window, which frees a slot when it leaves it.
-    pub refused: Option<Timestamp>,
+pub enum Reservation {
+    /// Recorded as a counted failure until its outcome says otherwise.
+    Granted { attempt_id: i64 },
+    /// Refused by a limit, and not recorded: the oldest counted failure of the full window,
+    /// which frees a slot when it leaves it.
+    Refused { oldest: Timestamp },
 }
 
 /// How a reserved attempt ended; for an existing account, its history row.
@@ -345,6 +364,10 @@ pub trait Store: Send + Sync + 'static {
     /// The account and everything of it (sessions, tokens, logs, its sign-in attempts).
     async fn delete_user(&self, user_db_id: i64) -> Result<(), StoreError>;
 
+    /// Counted sign-in failures of the account no longer count (a completed reset, an
+    /// administrator's unlock).
+    async fn clear_sign_in_failures(&self, user_db_id: i64) -> Result<u64, StoreError>;
+
     /// Inserts the session and its first refresh token and sets the user's `last_login`.
     /// …together with the outcome of the sign-in attempt that opened it (one transaction);
     /// returns the attempt's location-log id.
@@ -381,8 +404,14 @@ pub trait Store: Send + Sync + 'static {
         session_id: &str,
         now: Timestamp,
     ) -> Result<bool, StoreError>;
-    async fn revoke_all_sessions(&self, user_db_id: i64, now: Timestamp)
-        -> Result<u64, StoreError>;
+    /// Every session of the user, and with `api_keys` every key too, in one transaction;
+    /// returns the number of sessions ended.
+    async fn revoke_all_sessions(
+        &self,
+        user_db_id: i64,
+        api_keys: bool,
+        now: Timestamp,
+    ) -> Result<u64, StoreError>;
 
     /// Replaces the user's earlier tokens of this kind with a new one and queues its email.
     async fn issue_token(
@@ -400,7 +429,8 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Option<User>, StoreError>;
     /// Uses a reset token (single use under concurrency), sets the password, revokes every
-    /// session and queues the notice; `None` when the token is unknown, used or expired.
+    /// session and every API key, clears the sign-in failures and queues the notice; `None`
+    /// when the token is unknown, used or expired.
     async fn reset_password(
         &self,
         hash: &str,
@@ -449,6 +479,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<Timestamp>, StoreError>;
     /// Removes rate-limit records older than `before` (no window reaches back that far).
     async fn prune_rate_limits(&self, before: Timestamp) -> Result<u64, StoreError>;
+    /// Deletes at most `batch` rows of one kind of expired data; returns how many went.
+    async fn prune(&self, what: Prune, batch: i64) -> Result<u64, StoreError>;
     /// Newest first.
     async fn login_history(
         &self,
@@ -474,7 +506,8 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<User, StoreError>;
 
-    async fn create_api_key(&self, key: &NewApiKey) -> Result<(), StoreError>;
+    /// Stores the key and queues its notice email, atomically.
+    async fn create_api_key(&self, key: &NewApiKey, notice: &NewEmail) -> Result<(), StoreError>;
     /// Newest first.
     async fn list_api_keys(&self, user_db_id: i64) -> Result<Vec<ApiKey>, StoreError>;
     /// `false` when the user has no such key.
@@ -503,21 +536,42 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 }
 
-/// Counted failures since `$4` for identifiers `$1`/`$2` (after their last success) and for
-/// IP `$3`, with the oldest of each: the same SQL on both backends.
+/// One kind of data that outlives its use, pruned in the background (SPEC §9).
+#[derive(Debug, Clone, Copy)]
+pub enum Prune {
+    /// `login_attempts` and `user_location_logs` rows older than the retention.
+    History { before: Timestamp },
+    /// Refresh tokens of sessions that have ended (revoked or expired) — never of a live
+    /// session, where a replay must stay detectable.
+    RotatedTokens { now: Timestamp },
+    /// Sessions that ended before `before`.
+    EndedSessions { before: Timestamp },
+    /// Delivered or given-up emails created before `before`.
+    FinishedEmails { before: Timestamp },
+}
+
+/// Counted failures since `$4` for identifiers `$1`/`$2` from IP `$3` (after that address's
+/// last success), for the identifiers from anywhere, and from the IP on any account, each
+/// with its oldest; and whether the IP signed in to the account after `$5`. The same SQL on
+/// both backends.
 pub(crate) const COUNT_FAILURES: &str = "\
     WITH last_success AS ( \
         SELECT max(attempted_at) AS at FROM login_attempts \
-        WHERE email_or_username IN ($1, $2) AND success AND attempted_at > $4 \
-    ), by_identifier AS ( \
+        WHERE email_or_username IN ($1, $2) AND ip_address = $3 AND success \
+    ), by_pair AS ( \
         SELECT count(*) AS n, min(a.attempted_at) AS oldest FROM login_attempts a, last_success l \
-        WHERE a.email_or_username IN ($1, $2) AND NOT a.success AND a.counted \
-        AND a.attempted_at > $4 AND (l.at IS NULL OR a.attempted_at > l.at) \
+        WHERE a.email_or_username IN ($1, $2) AND a.ip_address = $3 AND NOT a.success \
+        AND a.counted AND a.attempted_at > $4 AND (l.at IS NULL OR a.attempted_at > l.at) \
+    ), by_account AS ( \
+        SELECT count(*) AS n, min(attempted_at) AS oldest FROM login_attempts \
+        WHERE email_or_username IN ($1, $2) AND NOT success AND counted AND attempted_at > $4 \
     ), by_ip AS ( \
         SELECT count(*) AS n, min(attempted_at) AS oldest FROM login_attempts \
         WHERE ip_address = $3 AND NOT success AND counted AND attempted_at > $4 \
     ) \
-    SELECT i.n, i.oldest, p.n, p.oldest FROM by_identifier i, by_ip p";
+    SELECT p.n, p.oldest, a.n, a.oldest, i.n, i.oldest, \
+        (l.at IS NOT NULL AND l.at > $5) AS known \
+    FROM by_pair p, by_account a, by_ip i, last_success l";
 
 /// A `LIKE … ESCAPE '\\'` pattern matching values that contain `query` (lower-cased).
 pub(crate) fn contains_pattern(query: &str) -> String {

@@ -78,7 +78,9 @@ impl PgStore {
         }
         let pool = PgPoolOptions::new()
             .max_connections(16)
-            .acquire_timeout(Duration::from_secs(5))
+            // A database that does not answer is reported (503 `unavailable`) within 2 s,
+            // not after a long wait; the pool reconnects by itself when it returns.
+            .acquire_timeout(Duration::from_millis(1500))
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;

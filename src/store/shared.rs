@@ -31,8 +31,8 @@ macro_rules! shared_store {
         use $crate::store::{
             AdminChange, ApiKey, AttemptOutcome, AttemptReservation, Credentials, Delivery,
             KeyOwner, LoginRecord, NewApiKey, NewEmail, NewSession, NewToken, NewUser,
-            OutboxEmail, ProfileChange, RefreshOutcome, Reservation, Role, Rotation, Session,
-            SessionUser, Store, TokenKind, User,
+            OutboxEmail, ProfileChange, Prune, RefreshOutcome, Reservation, Role, Rotation,
+            Session, SessionUser, SignInLimits, Store, TokenKind, User,
         };
 
 #[derive(sqlx::FromRow)]
@@ -145,6 +145,43 @@ impl From<KeyOwnerRow> for KeyOwner {
     }
 }
 
+/// What `COUNT_FAILURES` reads: counted failures (and the oldest) per (account, IP), per
+/// account and per IP, and whether the IP is known to the account.
+struct FailureCounts {
+    by_pair: (i64, Option<LegacyTs>),
+    by_account: (i64, Option<LegacyTs>),
+    by_ip: (i64, Option<LegacyTs>),
+    known: bool,
+}
+
+impl<'r> sqlx::FromRow<'r, <Db as sqlx::Database>::Row> for FailureCounts {
+    fn from_row(row: &'r <Db as sqlx::Database>::Row) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        Ok(Self {
+            by_pair: (row.try_get(0)?, row.try_get(1)?),
+            by_account: (row.try_get(2)?, row.try_get(3)?),
+            by_ip: (row.try_get(4)?, row.try_get(5)?),
+            known: row.try_get(6)?,
+        })
+    }
+}
+
+impl FailureCounts {
+    /// `Some(oldest counted failure of the full window)` when a limit refuses the attempt.
+    fn refusal(&self, limits: &SignInLimits) -> Option<Option<LegacyTs>> {
+        if self.by_pair.0 >= limits.per_account_and_ip {
+            return Some(self.by_pair.1);
+        }
+        // The owner's own address is never locked out by what others do.
+        if !self.known && self.by_account.0 >= limits.per_account {
+            return Some(self.by_account.1);
+        }
+        if self.by_ip.0 >= limits.per_ip {
+            return Some(self.by_ip.1);
+        }
+        None
+    }
+}
 
 impl $store {
     /// The session with its user, unfiltered: for reading back a row just updated.
@@ -283,6 +320,38 @@ impl $store {
         .execute(&mut **tx)
         .await?;
         Ok(())
+    }
+
+    /// The account's counted failures stop counting, inside the caller's transaction.
+    async fn clear_failures_in(
+        tx: &mut Transaction<'_, Db>,
+        user_db_id: i64,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE login_attempts SET counted = FALSE WHERE counted AND NOT success \
+             AND email_or_username IN \
+             (SELECT lower(username) FROM users WHERE user_db_id = $1 \
+              UNION SELECT lower(email) FROM users WHERE user_db_id = $1)",
+        )
+        .bind(user_db_id)
+        .execute(&mut **tx)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn revoke_sessions_in(
+        tx: &mut Transaction<'_, Db>,
+        user_db_id: i64,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE auth_sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(user_db_id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// Marks the token used and returns its user's id. The row lock makes it single-use: a
@@ -534,42 +603,61 @@ impl Store for $store {
         .bind(r.now)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((session_id,)) = claimed else {
-            let used: Option<(String,)> =
-                sqlx::query_as("SELECT session_id FROM refresh_tokens WHERE token_hash = $1")
-                    .bind(&r.old_refresh_hash)
-                    .fetch_optional(&mut *tx)
+        let session_id = match claimed {
+            Some((session_id,)) => session_id,
+            None => {
+                let used: Option<(String, Option<Timestamp>)> = sqlx::query_as(
+                    "SELECT session_id, used_at FROM refresh_tokens WHERE token_hash = $1",
+                )
+                .bind(&r.old_refresh_hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((session_id, used_at)) = used else {
+                    return Ok(RefreshOutcome::Invalid);
+                };
+                // Rotated moments ago: the same client retrying (two tabs, a lost answer) is
+                // given a fresh token for the same session.
+                if !used_at.is_some_and(|at| at > r.grace_since) {
+                    let revoked = sqlx::query(
+                        "UPDATE auth_sessions SET revoked_at = $2 WHERE session_id = $1 \
+                         AND revoked_at IS NULL AND expires_at > $2",
+                    )
+                    .bind(&session_id)
+                    .bind(r.now)
+                    .execute(&mut *tx)
                     .await?;
-            let Some((session_id,)) = used else {
-                return Ok(RefreshOutcome::Invalid);
-            };
-            let revoked = sqlx::query(
-                "UPDATE auth_sessions SET revoked_at = $2 WHERE session_id = $1 \
-                 AND revoked_at IS NULL AND expires_at > $2",
-            )
-            .bind(&session_id)
-            .bind(r.now)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            // A replay kills a live session; a session already over just refuses the token.
-            return Ok(if revoked.rows_affected() > 0 {
-                RefreshOutcome::Reused
-            } else {
-                RefreshOutcome::Invalid
-            });
+                    tx.commit().await?;
+                    // A replay kills a live session; a session already over just refuses it.
+                    return Ok(if revoked.rows_affected() > 0 {
+                        RefreshOutcome::Reused
+                    } else {
+                        RefreshOutcome::Invalid
+                    });
+                }
+                session_id
+            }
         };
+        let started: Option<(Timestamp,)> =
+            sqlx::query_as("SELECT created_at FROM auth_sessions WHERE session_id = $1")
+                .bind(&session_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((started,)) = started else {
+            return Ok(RefreshOutcome::Invalid);
+        };
+        // Sliding, but never past the absolute lifetime from sign-in.
+        let expires_at = r.expires_at.min(started + r.max_age);
         // SQLite's RETURNING cannot name the FROM tables, so the row is read back after.
         let done = sqlx::query(
             "UPDATE auth_sessions AS s SET cookie_hash = $2, last_used_at = $3, expires_at = $4 \
              FROM users u \
              WHERE s.session_id = $1 AND u.user_db_id = s.user_id AND s.revoked_at IS NULL \
-             AND s.expires_at > $3 AND COALESCE(u.active, TRUE)",
+             AND s.expires_at > $3 AND $4 > $3 AND COALESCE(u.active, TRUE)",
         )
         .bind(&session_id)
         .bind(&r.new_cookie_hash)
         .bind(r.now)
-        .bind(r.expires_at)
+        .bind(expires_at)
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
@@ -590,6 +678,7 @@ impl Store for $store {
         tx.commit().await?;
         Ok(RefreshOutcome::Rotated(Box::new(row.into())))
     }
+
     async fn touch_session(&self, session_id: &str, now: Timestamp) -> Result<(), StoreError> {
         sqlx::query("UPDATE auth_sessions SET last_used_at = $2 WHERE session_id = $1 AND last_used_at < $2")
             .bind(session_id)
@@ -637,16 +726,26 @@ impl Store for $store {
     async fn revoke_all_sessions(
         &self,
         user_db_id: i64,
+        api_keys: bool,
         now: Timestamp,
     ) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "UPDATE auth_sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
-        )
-        .bind(user_db_id)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        let mut tx = self.begin_write().await?;
+        let ended = Self::revoke_sessions_in(&mut tx, user_db_id, now).await?;
+        if api_keys {
+            sqlx::query("DELETE FROM api_keys WHERE user_id = $1")
+                .bind(user_db_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(ended)
+    }
+
+    async fn clear_sign_in_failures(&self, user_db_id: i64) -> Result<u64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let cleared = Self::clear_failures_in(&mut tx, user_db_id).await?;
+        tx.commit().await?;
+        Ok(cleared)
     }
 
     async fn issue_token(
@@ -707,13 +806,13 @@ impl Store for $store {
         if done.rows_affected() == 0 {
             return Ok(None);
         }
-        sqlx::query(
-            "UPDATE auth_sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
-        )
-        .bind(user_db_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        // Recovery undoes whatever a thief set up: every session, every key, every lockout.
+        Self::revoke_sessions_in(&mut tx, user_db_id, now).await?;
+        sqlx::query("DELETE FROM api_keys WHERE user_id = $1")
+            .bind(user_db_id)
+            .execute(&mut *tx)
+            .await?;
+        Self::clear_failures_in(&mut tx, user_db_id).await?;
         Self::enqueue(&mut tx, notice, now).await?;
         let user = Self::user_by_id(&mut tx, user_db_id).await?;
         tx.commit().await?;
@@ -837,8 +936,7 @@ impl Store for $store {
 
     async fn reserve_sign_in(&self, a: &AttemptReservation) -> Result<Reservation, StoreError> {
         let mut tx = self.begin_write().await?;
-        let mut refused = None;
-        if let Some((per_identifier, per_ip)) = a.limits {
+        if let Some(limits) = a.limits {
             // Attempts on one account (or identifier), and from one IP, are judged one at a
             // time; the locks are always taken in this order, so they cannot deadlock.
             let locks = [
@@ -846,39 +944,33 @@ impl Store for $store {
                 (LOCK_SIGN_IN_IP, a.ip.clone()),
             ];
             lock_keys(&mut tx, &locks).await?;
-            let (by_identifier, identifier_oldest, by_ip, ip_oldest): (
-                i64,
-                Option<LegacyTs>,
-                i64,
-                Option<LegacyTs>,
-            ) = sqlx::query_as(crate::store::COUNT_FAILURES)
+            let counts: FailureCounts = sqlx::query_as(crate::store::COUNT_FAILURES)
                 .bind(&a.counted_as[0])
                 .bind(&a.counted_as[1])
                 .bind(&a.ip)
                 .bind(legacy(a.since))
+                .bind(legacy(a.known_since))
                 .fetch_one(&mut *tx)
                 .await?;
-            if by_identifier >= per_identifier {
-                refused = Some(identifier_oldest.map_or(a.now, from_legacy));
-            } else if by_ip >= per_ip {
-                refused = Some(ip_oldest.map_or(a.now, from_legacy));
+            if let Some(oldest) = counts.refusal(&limits) {
+                // A refused attempt writes nothing: a flood of them cannot grow the tables.
+                tx.rollback().await?;
+                return Ok(Reservation::Refused {
+                    oldest: oldest.map_or(a.now, from_legacy),
+                });
             }
         }
         let (attempt_id,): (i64,) = sqlx::query_as(
             "INSERT INTO login_attempts (ip_address, email_or_username, attempted_at, success, \
-             counted) VALUES ($1, $2, $3, FALSE, $4) RETURNING CAST(attempt_id AS BIGINT)",
+             counted) VALUES ($1, $2, $3, FALSE, TRUE) RETURNING CAST(attempt_id AS BIGINT)",
         )
         .bind(&a.ip)
         .bind(&a.identifier)
         .bind(legacy(a.now))
-        .bind(refused.is_none())
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Reservation {
-            attempt_id,
-            refused,
-        })
+        Ok(Reservation::Granted { attempt_id })
     }
 
     async fn finish_sign_in(&self, o: &AttemptOutcome) -> Result<Option<i64>, StoreError> {
@@ -958,6 +1050,63 @@ impl Store for $store {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
+    }
+
+    async fn prune(&self, what: Prune, batch: i64) -> Result<u64, StoreError> {
+        // Each statement deletes one bounded batch, so a large backlog never holds a long
+        // transaction or lock; the caller repeats until a batch comes back short.
+        let done = match what {
+            Prune::History { before } => {
+                let attempts = sqlx::query(
+                    "DELETE FROM login_attempts WHERE attempt_id IN (SELECT attempt_id \
+                     FROM login_attempts WHERE attempted_at < $1 LIMIT $2)",
+                )
+                .bind(legacy(before))
+                .bind(batch)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                let logs = sqlx::query(
+                    "DELETE FROM user_location_logs WHERE log_id IN (SELECT log_id \
+                     FROM user_location_logs WHERE created_at < $1 LIMIT $2)",
+                )
+                .bind(legacy(before))
+                .bind(batch)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                attempts + logs
+            }
+            Prune::RotatedTokens { now } => sqlx::query(
+                "DELETE FROM refresh_tokens WHERE token_hash IN (SELECT t.token_hash \
+                 FROM refresh_tokens t JOIN auth_sessions s ON s.session_id = t.session_id \
+                 WHERE s.revoked_at IS NOT NULL OR s.expires_at <= $1 LIMIT $2)",
+            )
+            .bind(now)
+            .bind(batch)
+            .execute(&self.pool)
+            .await?
+            .rows_affected(),
+            Prune::EndedSessions { before } => sqlx::query(
+                "DELETE FROM auth_sessions WHERE session_id IN (SELECT session_id \
+                 FROM auth_sessions WHERE revoked_at < $1 OR expires_at < $1 LIMIT $2)",
+            )
+            .bind(before)
+            .bind(batch)
+            .execute(&self.pool)
+            .await?
+            .rows_affected(),
+            Prune::FinishedEmails { before } => sqlx::query(
+                "DELETE FROM email_outbox WHERE id IN (SELECT id FROM email_outbox \
+                 WHERE status IN ('sent', 'failed') AND created_at < $1 LIMIT $2)",
+            )
+            .bind(before)
+            .bind(batch)
+            .execute(&self.pool)
+            .await?
+            .rows_affected(),
+        };
+        Ok(done)
     }
 
     async fn login_history(
@@ -1061,19 +1210,14 @@ impl Store for $store {
         .await?;
         let after = Self::user_by_id(&mut tx, user_db_id).await?;
         if after.role != before.role || (before.active && !after.active) {
-            sqlx::query(
-                "UPDATE auth_sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
-            )
-            .bind(user_db_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            Self::revoke_sessions_in(&mut tx, user_db_id, now).await?;
         }
         tx.commit().await?;
         Ok(after)
     }
 
-    async fn create_api_key(&self, key: &NewApiKey) -> Result<(), StoreError> {
+    async fn create_api_key(&self, key: &NewApiKey, notice: &NewEmail) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO api_keys (key_id, user_id, name, secret_hash, scopes, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -1085,8 +1229,10 @@ impl Store for $store {
         .bind(&key.scopes)
         .bind(key.now)
         .bind(key.expires_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        Self::enqueue(&mut tx, notice, key.now).await?;
+        tx.commit().await?;
         Ok(())
     }
 

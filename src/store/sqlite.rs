@@ -154,12 +154,16 @@ mod tests {
                 ip: "127.0.0.1".into(),
                 limits: None,
                 since: session.now,
+                known_since: session.now,
                 now: session.now,
             })
             .await
             .unwrap();
+        let Reservation::Granted { attempt_id } = reservation else {
+            panic!("without limits every attempt is granted");
+        };
         let outcome = AttemptOutcome {
-            attempt_id: reservation.attempt_id,
+            attempt_id,
             success: true,
             counted: true,
             ip: "127.0.0.1".into(),
@@ -202,6 +206,8 @@ mod tests {
             new_cookie_hash: format!("cookie-of-{new}"),
             now,
             expires_at: now + chrono::Duration::days(30),
+            max_age: chrono::Duration::days(90),
+            grace_since: now,
         }
     }
 
@@ -446,7 +452,10 @@ mod tests {
         assert!(s.revoke_session(u.db_id, "s1", later).await.unwrap());
         assert!(!s.revoke_session(u.db_id, "s1", later).await.unwrap());
         assert!(s.session_by_id("s1", later).await.unwrap().is_none());
-        assert_eq!(s.revoke_all_sessions(u.db_id, later).await.unwrap(), 1);
+        assert_eq!(
+            s.revoke_all_sessions(u.db_id, false, later).await.unwrap(),
+            1
+        );
         assert!(s.list_sessions(u.db_id, later).await.unwrap().is_empty());
 
         // An inactive user's sessions do not count.

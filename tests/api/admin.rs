@@ -72,7 +72,10 @@ async fn with_key(
     req.send().await.unwrap()
 }
 
-async fn new_key(app: &TestApp, token: &str, body: Value) -> Value {
+async fn new_key(app: &TestApp, token: &str, mut body: Value) -> Value {
+    if body.get("password").is_none() {
+        body["password"] = json!(PASSWORD);
+    }
     let r = app
         .request(Method::POST, "/api/keys", Some(token), Some(body))
         .await;
@@ -170,7 +173,7 @@ async fn non_admins_get_403_from_admin_routes_and_admin_scopes(backend: Backend)
             Method::POST,
             "/api/keys",
             Some(token),
-            Some(json!({"name": "x", "scopes": ["users:read"]})),
+            Some(json!({"name": "x", "scopes": ["users:read"], "password": PASSWORD})),
         )
         .await;
     assert_error(r, 403, "forbidden").await;
@@ -179,7 +182,7 @@ async fn non_admins_get_403_from_admin_routes_and_admin_scopes(backend: Backend)
             Method::POST,
             "/api/keys",
             Some(token),
-            Some(json!({"name": "x", "scopes": ["everything"]})),
+            Some(json!({"name": "x", "scopes": ["everything"], "password": PASSWORD})),
         )
         .await;
     assert_error(r, 400, "validation_failed").await;
@@ -205,7 +208,11 @@ async fn non_admins_get_403_from_admin_routes_and_admin_scopes(backend: Backend)
     .await;
     for (method, path, body) in [
         (Method::GET, "/api/keys", None),
-        (Method::POST, "/api/keys", Some(json!({"name": "child"}))),
+        (
+            Method::POST,
+            "/api/keys",
+            Some(json!({"name": "child", "password": PASSWORD})),
+        ),
         (
             Method::POST,
             "/api/password/change",

@@ -46,9 +46,51 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
+/// A PostgreSQL database made for one test, dropped when this is dropped (also when the
+/// test fails). Named `authflow_test_<run>_<uuid>`: a run drops only its own databases.
+pub struct PgDatabase {
+    pub url: String,
+    name: String,
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime, which cannot be blocked on: a thread of its own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async move {
+                let admin = PgPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(3))
+                    .connect(&admin_url())
+                    .await
+                    .ok()?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&admin)
+                    .await
+                    .ok()?;
+                admin.close().await;
+                Some(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            let _ = writeln!(
+                std::io::stderr(),
+                "could not drop test database {}",
+                self.name
+            );
+        }
+    }
+}
+
 /// A fresh, empty PostgreSQL database, or `None` (with one visible line) when no server
 /// answers outside CI. Under `CI` an unreachable server fails the test.
-pub async fn fresh_pg_database() -> Option<String> {
+pub async fn fresh_pg_database() -> Option<PgDatabase> {
     let admin_url = admin_url();
     // Once PostgreSQL is known to be absent, later tests skip at once instead of each
     // waiting for the connection timeout.
@@ -77,12 +119,7 @@ pub async fn fresh_pg_database() -> Option<String> {
         }
         Err(e) => panic!("CI is set and PostgreSQL does not answer at {admin_url}: {e}"),
     };
-    drop_leftover_databases(&admin).await;
-    let name = format!(
-        "authflow_test_{}_{}",
-        run_id(),
-        uuid::Uuid::new_v4().simple()
-    );
+    let name = format!("{}{}", run_prefix(), uuid::Uuid::new_v4().simple());
     sqlx::query(&format!("CREATE DATABASE \"{name}\""))
         .execute(&admin)
         .await
@@ -91,32 +128,21 @@ pub async fn fresh_pg_database() -> Option<String> {
     let base = admin_url
         .rsplit_once('/')
         .map_or(admin_url.as_str(), |(b, _)| b);
-    Some(format!("{base}/{name}"))
+    Some(PgDatabase {
+        url: format!("{base}/{name}"),
+        name,
+    })
 }
 
-/// Databases are named after the run that made them; those of earlier runs are dropped.
-fn run_id() -> &'static str {
+/// The prefix of every database this run makes (and the only ones it ever drops).
+pub fn run_prefix() -> &'static str {
     static RUN: OnceLock<String> = OnceLock::new();
-    RUN.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_owned())
-}
-
-async fn drop_leftover_databases(admin: &PgPool) {
-    static DONE: OnceLock<()> = OnceLock::new();
-    if DONE.set(()).is_err() {
-        return;
-    }
-    let names: Vec<(String,)> = sqlx::query_as(
-        "SELECT datname FROM pg_database WHERE datname LIKE 'authflow_test_%' AND datname NOT LIKE $1",
-    )
-    .bind(format!("authflow_test_{}_%", run_id()))
-    .fetch_all(admin)
-    .await
-    .unwrap_or_default();
-    for (name,) in names {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-            .execute(admin)
-            .await;
-    }
+    RUN.get_or_init(|| {
+        format!(
+            "authflow_test_{}_",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        )
+    })
 }
 
 /// A direct connection to the test's database, to look at what the service stored.
@@ -174,6 +200,24 @@ impl TestDb {
         out
     }
 
+    /// Runs one statement the test wrote itself (no user input in it).
+    pub async fn execute(&self, sql: &str) {
+        match self {
+            TestDb::Postgres(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
+            TestDb::Sqlite(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// The single number a `SELECT count(*) …` of the test answers.
+    pub async fn count(&self, sql: &str) -> i64 {
+        match self {
+            TestDb::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+            TestDb::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     pub async fn password_hash(&self, username: &str) -> String {
         let sql = "SELECT password FROM users WHERE username = $1";
         match self {
@@ -198,6 +242,8 @@ pub struct TestApp {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: TempDir,
+    /// The PostgreSQL database this app made, dropped with it (after the server's own fields).
+    database: Option<PgDatabase>,
 }
 
 impl TestApp {
@@ -208,15 +254,21 @@ impl TestApp {
     /// Starts the real server with these variables on top of the test defaults.
     pub async fn spawn_with(backend: Backend, extra: &[(&str, &str)]) -> Option<TestApp> {
         let dir = tempfile::tempdir().unwrap();
-        let database_url = match backend {
-            Backend::Sqlite => format!("sqlite://{}", dir.path().join("authflow.db").display()),
-            Backend::Postgres => fresh_pg_database().await?,
+        let (database_url, database) = match backend {
+            Backend::Sqlite => (
+                format!("sqlite://{}", dir.path().join("authflow.db").display()),
+                None,
+            ),
+            Backend::Postgres => {
+                let database = fresh_pg_database().await?;
+                (database.url.clone(), Some(database))
+            }
         };
-        Some(
-            Self::spawn_on(backend, &database_url, dir, extra)
-                .await
-                .unwrap(),
-        )
+        let mut app = Self::spawn_on(backend, &database_url, dir, extra)
+            .await
+            .unwrap();
+        app.database = database;
+        Some(app)
     }
 
     pub async fn spawn_on(
@@ -270,6 +322,7 @@ impl TestApp {
             shutdown: Some(tx),
             server: Some(server),
             _dir: dir,
+            database: None,
         })
     }
 

@@ -3,19 +3,19 @@
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::helpers::{fresh_pg_database, Backend, TestApp};
+use crate::helpers::{fresh_pg_database, Backend, PgDatabase, TestApp};
 
 const LEGACY_SCHEMA: &str = include_str!("../fixtures/legacy_schema.sql");
 
-async fn legacy_database() -> Option<(String, PgPool)> {
-    let url = fresh_pg_database().await?;
-    let pool = PgPool::connect(&url).await.unwrap();
+async fn legacy_database() -> Option<(PgDatabase, PgPool)> {
+    let database = fresh_pg_database().await?;
+    let pool = PgPool::connect(&database.url).await.unwrap();
     sqlx::raw_sql(LEGACY_SCHEMA).execute(&pool).await.unwrap();
     sqlx::query("INSERT INTO roles (name, description) VALUES ('user', 'old'), ('editor', 'old')")
         .execute(&pool)
         .await
         .unwrap();
-    Some((url, pool))
+    Some((database, pool))
 }
 
 async fn insert_legacy_user(pool: &PgPool, username: &str, email: &str, hash: &str) {
@@ -34,16 +34,17 @@ async fn insert_legacy_user(pool: &PgPool, username: &str, email: &str, hash: &s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_database_is_adopted_and_bcrypt_users_sign_in_then_get_argon2id() {
-    let Some((url, pool)) = legacy_database().await else {
+    let Some((database, pool)) = legacy_database().await else {
         return;
     };
+    let url = &database.url;
     // bcryptjs, which the old service used, writes $2a$ hashes at cost 10.
     let hash = bcrypt::hash("legacy-password-1", 10)
         .unwrap()
         .replacen("$2b$", "$2a$", 1);
     insert_legacy_user(&pool, "olduser1", "Old.User@Example.com", &hash).await;
 
-    let app = TestApp::spawn_on(Backend::Postgres, &url, tempfile::tempdir().unwrap(), &[])
+    let app = TestApp::spawn_on(Backend::Postgres, url, tempfile::tempdir().unwrap(), &[])
         .await
         .unwrap();
     let body = app.sign_in("olduser1", "legacy-password-1").await;
@@ -76,7 +77,7 @@ async fn an_old_database_is_adopted_and_bcrypt_users_sign_in_then_get_argon2id()
 
     // Starting again on the same database changes nothing.
     app.stop().await;
-    let again = TestApp::spawn_on(Backend::Postgres, &url, tempfile::tempdir().unwrap(), &[])
+    let again = TestApp::spawn_on(Backend::Postgres, url, tempfile::tempdir().unwrap(), &[])
         .await
         .unwrap();
     again.sign_in("olduser1", "legacy-password-1").await;
@@ -90,13 +91,14 @@ async fn an_old_database_is_adopted_and_bcrypt_users_sign_in_then_get_argon2id()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_differing_only_in_case_stop_the_migration_with_their_names() {
-    let Some((url, pool)) = legacy_database().await else {
+    let Some((database, pool)) = legacy_database().await else {
         return;
     };
+    let url = &database.url;
     let hash = bcrypt::hash("whatever-password", 4).unwrap();
     insert_legacy_user(&pool, "CaseClash", "one@example.com", &hash).await;
     insert_legacy_user(&pool, "caseclash", "two@example.com", &hash).await;
-    let err = TestApp::spawn_on(Backend::Postgres, &url, tempfile::tempdir().unwrap(), &[])
+    let err = TestApp::spawn_on(Backend::Postgres, url, tempfile::tempdir().unwrap(), &[])
         .await
         .err()
         .expect("the migration must refuse to guess");

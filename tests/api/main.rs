@@ -5,11 +5,13 @@
 mod helpers;
 mod ipinfo_standin;
 mod smtp_sink;
+mod tcp_proxy;
 
 mod accounts;
 mod admin;
 mod email;
 mod embedded;
+mod hardening;
 mod legacy;
 mod protection;
 mod service;

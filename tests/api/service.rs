@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::both_backends;
-use crate::helpers::{assert_error, Backend, TestApp};
+use crate::helpers::{assert_error, Backend, TestApp, PASSWORD};
 
 both_backends!(
     health_and_readiness,
@@ -111,7 +111,7 @@ async fn malformed_requests_get_the_envelope(backend: Backend) {
             Method::POST,
             "/api/keys",
             Some(token),
-            Some(json!({"name": "nul\u{0}name"})),
+            Some(json!({"name": "nul\u{0}name", "password": PASSWORD})),
         )
         .await;
     assert_error(r, 400, "validation_failed").await;
