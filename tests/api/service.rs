@@ -204,6 +204,7 @@ async fn openapi_describes_every_route(backend: Backend) {
         ("patch", "/api/admin/users/{id}"),
         ("delete", "/api/admin/users/{id}"),
         ("post", "/api/admin/users/{id}/logout-all"),
+        ("post", "/api/admin/users/{id}/unlock"),
         ("post", "/api/keys"),
         ("get", "/api/keys"),
         ("delete", "/api/keys/{id}"),
