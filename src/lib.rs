@@ -16,6 +16,8 @@ pub mod geo;
 pub mod http;
 /// Email templates, outbox worker and transports.
 pub mod mail;
+/// The accept loop: connections, their timeouts and cap, graceful shutdown.
+pub mod server;
 /// Storage backends behind `trait Store`.
 pub mod store;
 /// The service's clock.

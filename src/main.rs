@@ -92,6 +92,7 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    authflow::server::raise_open_file_limit();
     let app = App::build(config).await?;
     tracing::info!(port = app.port(), "authflow listening");
     app.run_until_stopped(shutdown_signal()).await
