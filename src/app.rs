@@ -88,6 +88,12 @@ impl App {
             auth,
             outbox,
         } = Services::connect(config).await?;
+        if !config.app_url.starts_with("https://") {
+            tracing::warn!(
+                app_url = %config.app_url,
+                "APP_URL is not https://: fine for development, refused in production"
+            );
+        }
         if !config.limits.enabled {
             tracing::warn!("RATE_LIMITS=off: every rate limit is disabled");
         }

@@ -158,6 +158,14 @@ impl Config {
             }
             None => format!("http://localhost:{port}"),
         };
+        // Cookies are Secure and links are emailed in production: a plain-HTTP public URL
+        // there is a misconfiguration, not a choice.
+        if environment == Environment::Production && !app_url.starts_with("https://") {
+            return Err(ConfigError::new(
+                "APP_URL",
+                "must be set to an https:// URL when APP_ENV=production",
+            ));
+        }
         let max_connections = parse_or("MAX_CONNECTIONS", get("MAX_CONNECTIONS"), Some(10_000))?;
         if !(1..=MAX_CONNECTIONS_CEILING).contains(&max_connections) {
             return Err(ConfigError::new(
@@ -576,8 +584,34 @@ mod tests {
     const PUBLIC_URL: (&str, &str) = ("APP_URL", "https://auth.example.com");
 
     #[test]
+    fn production_requires_an_https_app_url() {
+        let complete = [
+            ("APP_ENV", "production"),
+            ("JWT_SECRET", "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t"),
+            ("SMTP_URL", "smtp://127.0.0.1:25"),
+        ];
+        let err = Config::from_vars(&vars(&complete)).unwrap_err();
+        assert_eq!(err.variable, "APP_URL", "{err}");
+        let mut plain = complete.to_vec();
+        plain.push(("APP_URL", "http://auth.example.com"));
+        let err = Config::from_vars(&vars(&plain)).unwrap_err();
+        assert_eq!(err.variable, "APP_URL", "{err}");
+        assert!(err.to_string().contains("https://"), "{err}");
+        let mut secure = complete.to_vec();
+        secure.push(PUBLIC_URL);
+        let c = Config::from_vars(&vars(&secure)).unwrap();
+        assert_eq!(c.app_url, "https://auth.example.com");
+        // Development takes any http(s) URL.
+        let c = Config::from_vars(&vars(&[("APP_URL", "http://auth.example.com")])).unwrap();
+        assert_eq!(c.app_url, "http://auth.example.com");
+    }
+
+    #[test]
     fn max_connections_defaults_to_ten_thousand_and_is_checked() {
-        assert_eq!(Config::from_vars(&vars(&[])).unwrap().max_connections, 10_000);
+        assert_eq!(
+            Config::from_vars(&vars(&[])).unwrap().max_connections,
+            10_000
+        );
         let c = Config::from_vars(&vars(&[("MAX_CONNECTIONS", "4")])).unwrap();
         assert_eq!(c.max_connections, 4);
         for bad in ["0", "-1", "many", "1000001"] {
@@ -736,15 +770,20 @@ mod tests {
     #[test]
     fn production_requires_smtp_settings() {
         let secret = ("JWT_SECRET", "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t");
-        let err = Config::from_vars(&vars(&[("APP_ENV", "production"), PUBLIC_URL, secret]))
-            .unwrap_err();
+        let err =
+            Config::from_vars(&vars(&[("APP_ENV", "production"), PUBLIC_URL, secret])).unwrap_err();
         assert_eq!(err.variable, "SMTP_URL");
         for smtp in [
             ("SMTP_URL", "smtps://u:p@smtp.example.com:465"),
             ("SMTP_HOST", "smtp.example.com"),
         ] {
-            let c = Config::from_vars(&vars(&[("APP_ENV", "production"), PUBLIC_URL, secret, smtp]))
-                .unwrap();
+            let c = Config::from_vars(&vars(&[
+                ("APP_ENV", "production"),
+                PUBLIC_URL,
+                secret,
+                smtp,
+            ]))
+            .unwrap();
             assert!(c.mail.smtp_url.is_some());
         }
     }

@@ -122,8 +122,12 @@ fn is_connection_error(e: &io::Error) -> bool {
 
 /// One connection: HTTP/1 with keep-alive until the client leaves, a timeout closes it, or
 /// the server stops.
-async fn serve_connection<I>(io: I, peer: SocketAddr, router: Router, mut stopping: watch::Receiver<bool>)
-where
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    router: Router,
+    mut stopping: watch::Receiver<bool>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let head = Arc::new(HeadWatch::default());
