@@ -10,6 +10,8 @@ pub mod config;
 pub mod domain;
 /// The error type and its JSON envelope.
 pub mod error;
+/// Owner-only folders and files.
+pub mod files;
 /// Client IP resolution.
 pub mod geo;
 /// Routes, extractors and layers.
