@@ -10,6 +10,7 @@ mod accounts;
 mod admin;
 mod email;
 mod embedded;
+mod hardening_edge;
 mod legacy;
 mod protection;
 mod service;
