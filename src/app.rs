@@ -1,7 +1,6 @@
 //! `App::build(config)` binds the listener and wires the service; `run_until_stopped` serves it.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use crate::http::cors::OriginPolicy;
 use crate::http::{router, AppState};
 use crate::mail::outbox::Outbox;
 use crate::mail::transport::Transport;
+use crate::server::PlainTcp;
 use crate::store;
 
 /// How long in-flight requests may run on after a stop signal.
@@ -26,6 +26,7 @@ pub struct App {
     listener: TcpListener,
     router: axum::Router,
     port: u16,
+    max_connections: u32,
     outbox: Outbox,
     auth: Arc<Auth>,
 }
@@ -87,6 +88,12 @@ impl App {
             auth,
             outbox,
         } = Services::connect(config).await?;
+        if !config.app_url.starts_with("https://") {
+            tracing::warn!(
+                app_url = %config.app_url,
+                "APP_URL is not https://: fine for development, refused in production"
+            );
+        }
         if !config.limits.enabled {
             tracing::warn!("RATE_LIMITS=off: every rate limit is disabled");
         }
@@ -103,6 +110,7 @@ impl App {
             listener,
             router: router(state),
             port,
+            max_connections: config.max_connections,
             outbox,
             auth,
         })
@@ -122,18 +130,21 @@ impl App {
         let maintenance = tokio::spawn(maintain(Arc::clone(&self.auth), worker_stopped.clone()));
         let worker = tokio::spawn(self.outbox.run(worker_stopped));
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(
+        let server = crate::server::serve(
             self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("stopping: no new connections, finishing requests and emails in flight");
-            // The outbox drains what is due while requests finish: one 30 s budget for both.
-            let _ = stop_worker.send(true);
-            let _ = stopping_tx.send(());
-        });
+            PlainTcp,
+            self.router,
+            self.max_connections,
+            async move {
+                shutdown.await;
+                tracing::info!(
+                    "stopping: no new connections, finishing requests and emails in flight"
+                );
+                // The outbox drains what is due while requests finish: one 30 s budget for both.
+                let _ = stop_worker.send(true);
+                let _ = stopping_tx.send(());
+            },
+        );
         let deadline = async move {
             if stopping_rx.await.is_ok() {
                 tokio::time::sleep(DRAIN_TIMEOUT).await;
@@ -142,13 +153,12 @@ impl App {
             }
         };
         tokio::pin!(deadline);
-        let served = tokio::select! {
-            served = server => served.context("serving HTTP"),
+        tokio::select! {
+            () = server => {}
             () = &mut deadline => {
                 tracing::warn!("requests still in flight after 30 s; stopping anyway");
-                Ok(())
             }
-        };
+        }
         tokio::select! {
             joined = worker => {
                 if let Err(e) = joined {
@@ -158,7 +168,7 @@ impl App {
             () = &mut deadline => tracing::warn!("outbox still draining after 30 s; the rest is sent after restart"),
         }
         maintenance.abort();
-        served
+        Ok(())
     }
 }
 

@@ -77,6 +77,8 @@ pub struct Config {
     pub environment: Environment,
     pub host: IpAddr,
     pub port: u16,
+    /// `MAX_CONNECTIONS`: open client connections at most; more wait to be accepted.
+    pub max_connections: u32,
     /// Public base URL without a trailing slash; JWT issuer and base of emailed links.
     pub app_url: String,
     pub database_url: Secret,
@@ -166,6 +168,21 @@ impl Config {
             }
             None => format!("http://localhost:{port}"),
         };
+        // Cookies are Secure and links are emailed in production: a plain-HTTP public URL
+        // there is a misconfiguration, not a choice.
+        if environment == Environment::Production && !app_url.starts_with("https://") {
+            return Err(ConfigError::new(
+                "APP_URL",
+                "must be set to an https:// URL when APP_ENV=production",
+            ));
+        }
+        let max_connections = parse_or("MAX_CONNECTIONS", get("MAX_CONNECTIONS"), Some(10_000))?;
+        if !(1..=MAX_CONNECTIONS_CEILING).contains(&max_connections) {
+            return Err(ConfigError::new(
+                "MAX_CONNECTIONS",
+                format!("must be between 1 and {MAX_CONNECTIONS_CEILING}"),
+            ));
+        }
 
         let data_dir = PathBuf::from(get("DATA_DIR").unwrap_or_else(|| "data".to_owned()));
         let database_url = match get("DATABASE_URL") {
@@ -338,6 +355,7 @@ impl Config {
             environment,
             host,
             port,
+            max_connections,
             app_url,
             database_url: Secret::new(database_url),
             database_ca_pem,
@@ -414,6 +432,9 @@ fn positive(
 }
 
 const MAX_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
+/// Far beyond what one process can hold open; a larger value is a typo.
+const MAX_CONNECTIONS_CEILING: u32 = 1_000_000;
 
 fn boolean(
     variable: &'static str,
@@ -605,6 +626,46 @@ mod tests {
             .collect()
     }
 
+    /// What production needs besides secrets and mail.
+    const PUBLIC_URL: (&str, &str) = ("APP_URL", "https://auth.example.com");
+
+    #[test]
+    fn production_requires_an_https_app_url() {
+        let complete = [
+            ("APP_ENV", "production"),
+            ("JWT_SECRET", "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t"),
+            ("SMTP_URL", "smtp://127.0.0.1:25"),
+        ];
+        let err = Config::from_vars(&vars(&complete)).unwrap_err();
+        assert_eq!(err.variable, "APP_URL", "{err}");
+        let mut plain = complete.to_vec();
+        plain.push(("APP_URL", "http://auth.example.com"));
+        let err = Config::from_vars(&vars(&plain)).unwrap_err();
+        assert_eq!(err.variable, "APP_URL", "{err}");
+        assert!(err.to_string().contains("https://"), "{err}");
+        let mut secure = complete.to_vec();
+        secure.push(PUBLIC_URL);
+        let c = Config::from_vars(&vars(&secure)).unwrap();
+        assert_eq!(c.app_url, "https://auth.example.com");
+        // Development takes any http(s) URL.
+        let c = Config::from_vars(&vars(&[("APP_URL", "http://auth.example.com")])).unwrap();
+        assert_eq!(c.app_url, "http://auth.example.com");
+    }
+
+    #[test]
+    fn max_connections_defaults_to_ten_thousand_and_is_checked() {
+        assert_eq!(
+            Config::from_vars(&vars(&[])).unwrap().max_connections,
+            10_000
+        );
+        let c = Config::from_vars(&vars(&[("MAX_CONNECTIONS", "4")])).unwrap();
+        assert_eq!(c.max_connections, 4);
+        for bad in ["0", "-1", "many", "1000001"] {
+            let err = Config::from_vars(&vars(&[("MAX_CONNECTIONS", bad)])).unwrap_err();
+            assert_eq!(err.variable, "MAX_CONNECTIONS", "{bad}: {err}");
+        }
+    }
+
     #[test]
     fn defaults_are_the_documented_ones() {
         let c = Config::from_vars(&vars(&[])).unwrap();
@@ -633,11 +694,12 @@ mod tests {
 
     #[test]
     fn production_requires_a_secret_and_debug_hides_it() {
-        let err = Config::from_vars(&vars(&[("APP_ENV", "production")])).unwrap_err();
+        let err = Config::from_vars(&vars(&[("APP_ENV", "production"), PUBLIC_URL])).unwrap_err();
         assert_eq!(err.variable, "SECRET_KEY_VARIABLE");
         let secret = "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t";
         let c = Config::from_vars(&vars(&[
             ("APP_ENV", "production"),
+            PUBLIC_URL,
             ("JWT_SECRET", secret),
             ("SMTP_URL", "smtp://127.0.0.1:25"),
         ]))
@@ -754,13 +816,20 @@ mod tests {
     #[test]
     fn production_requires_smtp_settings() {
         let secret = ("JWT_SECRET", "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t");
-        let err = Config::from_vars(&vars(&[("APP_ENV", "production"), secret])).unwrap_err();
+        let err =
+            Config::from_vars(&vars(&[("APP_ENV", "production"), PUBLIC_URL, secret])).unwrap_err();
         assert_eq!(err.variable, "SMTP_URL");
         for smtp in [
             ("SMTP_URL", "smtps://u:p@smtp.example.com:465"),
             ("SMTP_HOST", "smtp.example.com"),
         ] {
-            let c = Config::from_vars(&vars(&[("APP_ENV", "production"), secret, smtp])).unwrap();
+            let c = Config::from_vars(&vars(&[
+                ("APP_ENV", "production"),
+                PUBLIC_URL,
+                secret,
+                smtp,
+            ]))
+            .unwrap();
             assert!(c.mail.smtp_url.is_some());
         }
     }

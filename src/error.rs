@@ -33,6 +33,9 @@ pub enum Error {
     Validation(Vec<FieldError>),
     #[error("invalid body: {0}")]
     InvalidBody(String),
+    /// A request the HTTP layer cannot take as it is (an ambiguous head).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
     #[error("unsupported media type")]
     UnsupportedMediaType,
     #[error("payload too large")]
@@ -112,9 +115,10 @@ pub struct ErrorParts {
 impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
-            Error::Validation(_) | Error::InvalidBody(_) | Error::InvalidToken => {
-                StatusCode::BAD_REQUEST
-            }
+            Error::Validation(_)
+            | Error::InvalidBody(_)
+            | Error::BadRequest(_)
+            | Error::InvalidToken => StatusCode::BAD_REQUEST,
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Unauthorized
@@ -137,9 +141,10 @@ impl Error {
                 "invalid_body",
                 format!("The request body is not valid JSON for this route: {why}"),
             ),
+            Error::BadRequest(why) => ("bad_request", (*why).to_owned()),
             Error::UnsupportedMediaType => (
                 "unsupported_media_type",
-                "Expected a body with Content-Type: application/json.".into(),
+                "Expected a body with Content-Type: application/json, in UTF-8.".into(),
             ),
             Error::PayloadTooLarge => {
                 ("payload_too_large", "The request body is too large.".into())
@@ -383,6 +388,7 @@ mod tests {
         let cases: Vec<(Error, u16, &str)> = vec![
             (Error::Validation(vec![]), 400, "validation_failed"),
             (Error::InvalidBody("x".into()), 400, "invalid_body"),
+            (Error::BadRequest("x"), 400, "bad_request"),
             (Error::InvalidToken, 400, "invalid_token"),
             (Error::Unauthorized, 401, "unauthorized"),
             (Error::TokenExpired, 401, "token_expired"),

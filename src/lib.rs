@@ -10,12 +10,16 @@ pub mod config;
 pub mod domain;
 /// The error type and its JSON envelope.
 pub mod error;
+/// Owner-only folders and files.
+pub mod files;
 /// Client IP resolution.
 pub mod geo;
 /// Routes, extractors and layers.
 pub mod http;
 /// Email templates, outbox worker and transports.
 pub mod mail;
+/// The accept loop: connections, their timeouts and cap, graceful shutdown.
+pub mod server;
 /// Storage backends behind `trait Store`.
 pub mod store;
 /// The service's clock.

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use authflow::app::{shutdown_signal, App, Services};
@@ -92,17 +93,25 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    authflow::server::raise_open_file_limit();
     let app = App::build(config).await?;
     tracing::info!(port = app.port(), "authflow listening");
     app.run_until_stopped(shutdown_signal()).await
 }
 
 fn admin_password() -> anyhow::Result<String> {
+    use std::io::IsTerminal;
     if let Ok(password) = std::env::var("ADMIN_PASSWORD") {
         return Ok(password);
     }
-    let password = rpassword::prompt_password("Password for the administrator: ")?;
-    let again = rpassword::prompt_password("Once more: ")?;
+    const NO_TERMINAL: &str =
+        "no terminal to ask for the administrator's password: set ADMIN_PASSWORD";
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(NO_TERMINAL);
+    }
+    let ask = |prompt: &str| rpassword::prompt_password(prompt).context(NO_TERMINAL);
+    let password = ask("Password for the administrator: ")?;
+    let again = ask("Once more: ")?;
     anyhow::ensure!(password == again, "the two passwords differ");
     Ok(password)
 }

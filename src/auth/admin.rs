@@ -157,7 +157,8 @@ impl Auth {
         Ok(Some(user))
     }
 
-    /// `authflow create-admin`, for a new username: creates the account as an administrator.
+    /// `authflow create-admin`, for a new username: creates the account as an administrator,
+    /// its email taken as verified (the operator who runs the command vouches for it).
     pub async fn create_admin(
         &self,
         username: &str,
@@ -173,6 +174,14 @@ impl Auth {
             phone: None,
             role: None,
         };
-        self.create_account(registration, Role::Admin, None).await
+        let user = self.create_account(registration, Role::Admin, None).await?;
+        let verified = AdminChange {
+            email_verified: Some(true),
+            ..AdminChange::default()
+        };
+        Ok(self
+            .store
+            .admin_update_user(user.db_id, &verified, time::now())
+            .await?)
     }
 }

@@ -121,7 +121,8 @@ fn load_or_create_secret(path: &Path) -> anyhow::Result<Secret> {
         }
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        crate::files::create_private_dir(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
     }
     let mut bytes = [0u8; 48];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
@@ -136,6 +137,7 @@ fn load_or_create_secret(path: &Path) -> anyhow::Result<Secret> {
     let mut file = options
         .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
+    crate::files::restrict(&file)?;
     file.write_all(secret.as_bytes())?;
     tracing::info!(path = %path.display(), "generated a development signing key");
     Ok(Secret::new(secret))

@@ -29,8 +29,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ListQuery {
     /// 1-based (default 1).
+    #[serde(default, deserialize_with = "super::extract::optional_whole_number")]
     pub page: Option<i64>,
     /// 1–100 (default 50).
+    #[serde(default, deserialize_with = "super::extract::optional_whole_number")]
     pub per_page: Option<i64>,
     /// Matches username, email or name, ignoring case.
     pub q: Option<String>,

@@ -133,6 +133,7 @@ mod tests {
     fn production_does_not_allow_any_localhost() {
         let p = policy(&[
             ("APP_ENV", "production"),
+            ("APP_URL", "https://auth.example.org"),
             ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
             ("SMTP_URL", "smtp://127.0.0.1:25"),
             ("ALLOWED_ORIGINS", "https://app.example.org"),

@@ -17,6 +17,7 @@ use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{middleware, Json, Router};
 use serde::Serialize;
+use tower::util::MapRequestLayer;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -170,6 +171,50 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(keys::router())
 }
 
+/// A client's `X-Request-Id` is kept only if it is 1–64 of `[A-Za-z0-9._-]`: it is written
+/// into logs and error answers, where anything else could forge lines or fields. An unusable
+/// one (or several) is removed, so a fresh id is made for the request.
+fn drop_unusable_request_id(mut request: Request) -> Request {
+    let keep = {
+        let mut ids = request.headers().get_all("x-request-id").iter();
+        match (ids.next(), ids.next()) {
+            (None, _) => true,
+            (Some(id), None) => is_usable_request_id(id.as_bytes()),
+            (Some(_), Some(_)) => false,
+        }
+    };
+    if !keep {
+        request.headers_mut().remove("x-request-id");
+    }
+    request
+}
+
+fn is_usable_request_id(id: &[u8]) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Refuses what the head alone shows to be wrong, before any body is read: a declared body
+/// over the limit (413 at once, instead of reading 64 KiB of it or waiting for the rest) and
+/// an ambiguous `Host` (400: which site is meant is for the client to say once).
+async fn refuse_malformed_head(request: Request, next: middleware::Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > BODY_LIMIT as u64) {
+        return crate::error::Error::PayloadTooLarge.into_response();
+    }
+    if request.headers().get_all(header::HOST).iter().count() > 1 {
+        return crate::error::Error::BadRequest("A request must carry exactly one Host header.")
+            .into_response();
+    }
+    next.run(request).await
+}
+
 pub fn router(state: AppState) -> Router {
     let (api, openapi) = api_router().split_for_parts();
     let production = state.config.is_production();
@@ -208,6 +253,7 @@ pub fn router(state: AppState) -> Router {
 
     app.layer(
         ServiceBuilder::new()
+            .layer(MapRequestLayer::new(drop_unusable_request_id))
             .layer(SetRequestIdLayer::new(x_request_id.clone(), MakeRequestUuid))
             .layer(
                 TraceLayer::new_for_http()
@@ -226,6 +272,7 @@ pub fn router(state: AppState) -> Router {
             .layer(headers)
             .layer(cors)
             .layer(middleware::from_fn(crate::error::envelope))
+            .layer(middleware::from_fn(refuse_malformed_head))
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,
                 REQUEST_TIMEOUT,

@@ -23,6 +23,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct HistoryQuery {
     /// How many entries, newest first (1–200, default 50).
+    #[serde(default, deserialize_with = "super::extract::optional_whole_number")]
     pub limit: Option<i64>,
 }
 

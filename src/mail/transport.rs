@@ -152,7 +152,13 @@ async fn write_to_mailbox(dir: &Path, to: &str, message: &[u8]) -> Result<PathBu
         dir: dir.to_owned(),
         error,
     };
-    tokio::fs::create_dir_all(dir).await.map_err(failed)?;
+    // Emails carry reset and verification links: the folder and files are the owner's only.
+    let owned = dir.to_owned();
+    tokio::task::spawn_blocking(move || crate::files::create_private_dir(&owned))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|created| created)
+        .map_err(failed)?;
 
     let stem = format!(
         "{}-{}",
@@ -161,7 +167,7 @@ async fn write_to_mailbox(dir: &Path, to: &str, message: &[u8]) -> Result<PathBu
     );
     // A leading dot keeps it out of `*.eml` globs while it is being written.
     let tmp = dir.join(format!(".{stem}.{}.tmp", uuid::Uuid::new_v4().simple()));
-    if let Err(error) = tokio::fs::write(&tmp, message).await {
+    if let Err(error) = write_private(&tmp, message).await {
         let _ = tokio::fs::remove_file(&tmp).await;
         return Err(failed(error));
     }
@@ -178,6 +184,24 @@ async fn write_to_mailbox(dir: &Path, to: &str, message: &[u8]) -> Result<PathBu
         return Err(failed(error));
     }
     Ok(path)
+}
+
+/// A new file, 0600 from its creation on.
+async fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(path).await?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .await?;
+    }
+    file.write_all(contents).await?;
+    file.flush().await
 }
 
 /// The recipient as a safe file-name fragment: `[A-Za-z0-9@._+-]`, the rest `_`.

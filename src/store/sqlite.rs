@@ -79,12 +79,8 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        if let Some(folder) = options.get_filename().parent() {
-            if !folder.as_os_str().is_empty() && !folder.exists() {
-                std::fs::create_dir_all(folder).map_err(|e| {
-                    StoreError::Setup(format!("cannot create {}: {e}", folder.display()))
-                })?;
-            }
+        if !(url.contains(":memory:") || url.contains("mode=memory")) {
+            keep_private(options.get_filename())?;
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
@@ -102,6 +98,29 @@ impl SqliteStore {
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         Ok(self.pool.begin_with(BEGIN_WRITE).await?)
     }
+}
+
+/// The database holds password hashes and session digests: its folder (if we make it) is
+/// 0700, the file 0600 — created so before SQLite opens it, since SQLite gives its `-wal` and
+/// `-shm` files the database file's mode. Files left more open by an earlier version are
+/// narrowed.
+fn keep_private(database: &std::path::Path) -> Result<(), StoreError> {
+    let failed = |path: &std::path::Path, e: std::io::Error| {
+        StoreError::Setup(format!("cannot create {}: {e}", path.display()))
+    };
+    if let Some(folder) = database.parent() {
+        crate::files::create_private_dir(folder).map_err(|e| failed(folder, e))?;
+    }
+    crate::files::ensure_private_file(database).map_err(|e| failed(database, e))?;
+    for suffix in ["-wal", "-shm"] {
+        let mut name = database.as_os_str().to_owned();
+        name.push(suffix);
+        let path = std::path::PathBuf::from(name);
+        if path.exists() {
+            crate::files::ensure_private_file(&path).map_err(|e| failed(&path, e))?;
+        }
+    }
+    Ok(())
 }
 
 shared_store!(SqliteStore);

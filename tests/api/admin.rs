@@ -98,6 +98,8 @@ async fn create_admin_command_creates_and_promotes(backend: Backend) {
     assert_eq!(session["userId"], id.as_str());
     assert_eq!(session["role"], "admin");
     assert_eq!(session["name"], "Ada Admin");
+    // The operator who ran the command vouches for the address.
+    assert_eq!(session["user"]["email_verified"], true);
 
     // An existing account is promoted, keeping its id; its sessions end (the role changed).
     let user = app.signed_in_user("plain.user").await;

@@ -12,6 +12,7 @@ mod admin;
 mod email;
 mod embedded;
 mod hardening;
+mod hardening_edge;
 mod legacy;
 mod protection;
 mod service;

@@ -563,7 +563,11 @@ async fn production_sends_hsts_and_secure_cookies(backend: Backend) {
     let sink = SmtpSink::start().await;
     let Some(app) = TestApp::spawn_with(
         backend,
-        &[("APP_ENV", "production"), ("SMTP_URL", &sink.url())],
+        &[
+            ("APP_ENV", "production"),
+            ("APP_URL", "https://auth.example.com"),
+            ("SMTP_URL", &sink.url()),
+        ],
     )
     .await
     else {
