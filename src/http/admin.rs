@@ -28,8 +28,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ListQuery {
     /// 1-based (default 1).
+    #[param(minimum = 1)]
     pub page: Option<i64>,
     /// 1–100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     pub per_page: Option<i64>,
     /// Matches username, email or name, ignoring case.
     pub q: Option<String>,

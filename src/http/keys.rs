@@ -24,11 +24,39 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct CreateKeyRequest {
+    /// 1–100 characters, no control characters; surrounding whitespace is trimmed.
+    #[schema(
+        required = true,
+        example = "deploy bot",
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]([^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u001f\u007f-\u009f \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?$"
+    )]
     pub name: String,
-    /// Default `["profile:read"]`; `users:read` / `users:write` for an administrator's key.
+    /// Default `["profile:read"]`; `users:read` / `users:write` only for an administrator's
+    /// key (else 403). Repeated scopes count once.
+    #[schema(value_type = Option<Vec<Scope>>, min_items = 1)]
     pub scopes: Option<Vec<String>>,
-    /// No expiry when omitted; 1–3650.
+    /// No expiry when omitted or null.
+    #[schema(minimum = 1, maximum = 3650)]
+    #[serde(deserialize_with = "integral")]
     pub expires_in_days: Option<i64>,
+}
+
+/// JSON has one number type: `30.0` is the integer 30 (as JSON Schema's `integer` says).
+fn integral<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let whole = number.as_i64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e18)
+            .map(|f| f as i64)
+    });
+    whole
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("{number} is not an integer")))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -73,7 +101,8 @@ impl From<&ApiKey> for KeyView {
 /// Create an API key; its value is shown once.
 #[utoipa::path(post, path = "/api/keys", tag = "keys", request_body = CreateKeyRequest,
     responses((status = 201, body = CreatedKeyResponse), (status = 400, body = ErrorEnvelope),
-        (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, description = "users:* scopes asked by a non-administrator, an API key (keys cannot make keys), or a cookie without an allowed Origin", body = ErrorEnvelope)),
     security(("bearer" = []), ("cookie" = [])))]
 async fn create_key(
     State(state): State<AppState>,

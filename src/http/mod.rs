@@ -156,7 +156,9 @@ async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> R
 
 /// The OpenAPI document of every route, generated from the handlers' annotations.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router().split_for_parts().1
+    let mut openapi = api_router().split_for_parts().1;
+    docs::complete(&mut openapi);
+    openapi
 }
 
 fn api_router() -> OpenApiRouter<AppState> {
@@ -171,7 +173,8 @@ fn api_router() -> OpenApiRouter<AppState> {
 }
 
 pub fn router(state: AppState) -> Router {
-    let (api, openapi) = api_router().split_for_parts();
+    let (api, mut openapi) = api_router().split_for_parts();
+    docs::complete(&mut openapi);
     let production = state.config.is_production();
     let cors = state.origins.cors_layer();
     let app = api.merge(docs::router(openapi)).with_state(state);
