@@ -80,7 +80,8 @@ run_st() { # label base_url [extra args…]
   shift 2
   local report="$REPORTS/${label//\//-}.json" log="$REPORTS/${label//\//-}.log"
   local status=0
-  "$VENV/bin/st" --config-file .ci/schemathesis.toml run "$base/api/openapi.json" \
+  # From the reports folder, where schemathesis keeps its .schemathesis/ cache.
+  (cd "$REPORTS" && "$VENV/bin/st" --config-file "$ROOT/.ci/schemathesis.toml" run "$base/api/openapi.json" \
     --url "$base" \
     --checks all \
     --max-examples "$MAX_EXAMPLES" \
@@ -88,7 +89,7 @@ run_st() { # label base_url [extra args…]
     --workers 2 \
     --warnings off \
     --report json --report-json-path "$report" \
-    "$@" >"$log" 2>&1 || status=$?
+    "$@") >"$log" 2>&1 || status=$?
   local line
   line="$("$PY" - "$report" "$label" "$status" <<'PY'
 import json, sys
