@@ -358,6 +358,7 @@ fn generic_parts(status: StatusCode, path: &str) -> ErrorParts {
             "too_many_requests",
             "Too many requests; try again later.".into(),
         ),
+        StatusCode::SERVICE_UNAVAILABLE => Error::Unavailable(String::new()).parts_pair(),
         s if s.is_server_error() => ("internal_error", "An internal error occurred.".into()),
         // Malformed query strings and path parameters.
         _ => (

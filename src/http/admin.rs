@@ -30,9 +30,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct ListQuery {
     /// 1-based (default 1).
     #[serde(default, deserialize_with = "super::extract::optional_whole_number")]
+    #[param(minimum = 1)]
     pub page: Option<i64>,
     /// 1–100 (default 50).
     #[serde(default, deserialize_with = "super::extract::optional_whole_number")]
+    #[param(minimum = 1, maximum = 100)]
     pub per_page: Option<i64>,
     /// Matches username, email or name, ignoring case.
     pub q: Option<String>,

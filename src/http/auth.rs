@@ -27,13 +27,18 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(resend_verification))
 }
 
+/// `username` or `email` is required (when both are given, `username` is used). Unknown
+/// accounts, wrong passwords and deactivated accounts all answer 401 `invalid_credentials`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct SignInRequest {
-    /// Username or email.
+    /// Username or email, compared ignoring case and surrounding whitespace.
+    #[schema(value_type = String, min_length = 1, pattern = r"[^\u0000\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")]
     pub username: Option<String>,
     /// Accepted in place of `username`.
+    #[schema(value_type = String, min_length = 1, pattern = r"[^\u0000\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")]
     pub email: Option<String>,
+    #[schema(required = true, min_length = 1)]
     pub password: String,
 }
 
@@ -61,6 +66,12 @@ pub struct SignInResponse {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct RefreshRequest {
+    /// The `refresh_token` of the last sign-in or refresh (surrounding whitespace ignored).
+    #[schema(
+        required = true,
+        min_length = 1,
+        pattern = r"[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub refresh_token: String,
 }
 
@@ -119,7 +130,8 @@ fn signed_in(state: &AppState, tokens: IssuedTokens, message: &str) -> Response 
 #[utoipa::path(post, path = "/signin", tag = "auth", request_body = SignInRequest,
     responses(
         (status = 200, description = "Signed in; also sets the `auth.sid` cookie", body = SignInResponse),
-        (status = 400, body = ErrorEnvelope), (status = 401, description = "invalid_credentials", body = ErrorEnvelope),
+        (status = 400, description = "validation_failed (no username or email, no password) or invalid_body", body = ErrorEnvelope),
+        (status = 401, description = "invalid_credentials: unknown account, wrong password or deactivated account alike", body = ErrorEnvelope),
         (status = 403, description = "email_not_verified", body = ErrorEnvelope),
         (status = 429, description = "too_many_requests, with Retry-After", body = ErrorEnvelope)))]
 async fn signin(
@@ -149,8 +161,9 @@ async fn me(
 
 /// Exchange a refresh token for new tokens; the old refresh token stops working.
 #[utoipa::path(post, path = "/refresh", tag = "auth", request_body = RefreshRequest,
-    responses((status = 200, body = SignInResponse),
-        (status = 401, description = "unauthorized, or refresh_token_reused (the session is revoked)", body = ErrorEnvelope)))]
+    responses((status = 200, description = "New tokens; also sets a new `auth.sid` cookie", body = SignInResponse),
+        (status = 400, body = ErrorEnvelope),
+        (status = 401, description = "unauthorized (unknown, expired or revoked refresh token), or refresh_token_reused (the session is revoked)", body = ErrorEnvelope)))]
 async fn refresh(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<RefreshRequest>,
@@ -161,7 +174,8 @@ async fn refresh(
 
 /// Revoke the current session: its access token, refresh token and cookie stop working.
 #[utoipa::path(post, path = "/logout", tag = "auth",
-    responses((status = 200, body = MessageResponse), (status = 401, body = ErrorEnvelope)),
+    responses((status = 200, body = MessageResponse), (status = 401, body = ErrorEnvelope),
+        (status = 403, description = "an API key (keys cannot manage sessions), or a cookie without an allowed Origin", body = ErrorEnvelope)),
     security(("bearer" = []), ("cookie" = [])))]
 async fn logout(
     State(state): State<AppState>,
@@ -191,7 +205,8 @@ pub struct LogoutAllRequest {
 
 /// Revoke every session of the signed-in user; with `{"api_keys": true}` every API key too.
 #[utoipa::path(post, path = "/logout-all", tag = "auth", request_body(content = Option<LogoutAllRequest>),
-    responses((status = 200, body = MessageResponse), (status = 401, body = ErrorEnvelope)),
+    responses((status = 200, body = MessageResponse), (status = 401, body = ErrorEnvelope),
+        (status = 403, description = "an API key (keys cannot manage sessions), or a cookie without an allowed Origin", body = ErrorEnvelope)),
     security(("bearer" = []), ("cookie" = [])))]
 async fn logout_all(
     State(state): State<AppState>,
@@ -205,7 +220,8 @@ async fn logout_all(
 
 /// The signed-in user's active sessions.
 #[utoipa::path(get, path = "/sessions", tag = "auth",
-    responses((status = 200, body = SessionsResponse), (status = 401, body = ErrorEnvelope)),
+    responses((status = 200, body = SessionsResponse), (status = 401, body = ErrorEnvelope),
+        (status = 403, description = "an API key (keys cannot manage sessions)", body = ErrorEnvelope)),
     security(("bearer" = []), ("cookie" = [])))]
 async fn sessions(
     State(state): State<AppState>,
@@ -231,7 +247,9 @@ async fn sessions(
 /// Revoke one of the signed-in user's sessions.
 #[utoipa::path(delete, path = "/sessions/{id}", tag = "auth",
     params(("id" = String, Path, description = "Session id")),
-    responses((status = 204), (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)),
+    responses((status = 204, description = "The session is revoked"), (status = 401, body = ErrorEnvelope),
+        (status = 403, description = "an API key (keys cannot manage sessions), or a cookie without an allowed Origin", body = ErrorEnvelope),
+        (status = 404, description = "not_found: no active session of this user has this id", body = ErrorEnvelope)),
     security(("bearer" = []), ("cookie" = [])))]
 async fn delete_session(
     State(state): State<AppState>,
@@ -245,14 +263,23 @@ async fn delete_session(
 #[derive(Debug, Default, Deserialize, ToSchema, utoipa::IntoParams)]
 #[serde(default)]
 pub struct TokenRequest {
-    /// The `token` of the emailed link.
+    /// The `token` of the emailed link (surrounding whitespace ignored).
+    #[schema(
+        required = true,
+        min_length = 1,
+        pattern = r"[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
+    #[param(
+        min_length = 1,
+        pattern = r"[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub token: String,
 }
 
 /// Verify the email address with the token of the welcome email.
 #[utoipa::path(post, path = "/verify-email", tag = "auth", request_body = TokenRequest,
     responses((status = 200, body = MessageResponse),
-        (status = 400, description = "invalid_token", body = ErrorEnvelope)))]
+        (status = 400, description = "invalid_token (unknown, used or expired), validation_failed or invalid_body", body = ErrorEnvelope)))]
 async fn verify_email(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<TokenRequest>,
@@ -266,7 +293,8 @@ async fn verify_email(
 /// The link in the welcome email: a small page saying whether the address is now verified.
 #[utoipa::path(get, path = "/verify-email", tag = "auth", params(TokenRequest),
     responses((status = 200, description = "HTML page: verified", content_type = "text/html"),
-        (status = 400, description = "HTML page: why not", content_type = "text/html")))]
+        (status = 400, description = "HTML page saying why not; the JSON envelope when the query string itself is malformed",
+            content((String = "text/html"), (ErrorEnvelope = "application/json")))))]
 async fn verify_email_link(
     State(state): State<AppState>,
     Query(query): Query<TokenRequest>,
@@ -304,7 +332,8 @@ async fn verify_email_link(
 /// Send a new verification email; the same answer for any address.
 #[utoipa::path(post, path = "/resend-verification", tag = "auth",
     request_body = super::password::EmailRequest,
-    responses((status = 200, body = MessageResponse), (status = 400, body = ErrorEnvelope)))]
+    responses((status = 200, description = "Same answer for any address", body = MessageResponse), (status = 400, body = ErrorEnvelope),
+        (status = 429, description = "too_many_requests: recovery emails for this address or from this client (an hour)", body = ErrorEnvelope)))]
 async fn resend_verification(
     State(state): State<AppState>,
     Client(client): Client,

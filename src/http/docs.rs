@@ -6,8 +6,10 @@ use axum::http::{header, HeaderValue};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use axum::Router;
+use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{HttpMethod, Operation};
-use utoipa::openapi::{OpenApi, RefOr};
+use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ObjectBuilder, Type};
+use utoipa::openapi::{Content, OpenApi, Ref, RefOr, Response, ResponseBuilder};
 
 use super::AppState;
 
@@ -44,6 +46,147 @@ pub fn router(openapi: OpenApi) -> Router<AppState> {
                     .into_response()
             }),
         )
+}
+
+/// Adds what the layers and extractors answer, not the handlers, to every operation they
+/// apply to, so that each route lists every status it can give (SPEC §9): 400, 413 and 415
+/// where a JSON body is read; 401 where credentials are read; 403 where a session cookie
+/// may make a change (the Origin check); `Retry-After` on every 429. It also says what the
+/// derive cannot: sign-in needs `username` or `email`.
+pub fn complete(openapi: &mut OpenApi) {
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        let needs_database = path != "/health";
+        for (method, op) in operations_mut(item) {
+            let unsafe_method = !matches!(method, HttpMethod::Get | HttpMethod::Head);
+            if op.request_body.is_some() {
+                add(op, 400, "`validation_failed` (a rule of the schema, with the field in `details`) or `invalid_body` (not JSON, not an object, a wrong type)");
+                add(op, 413, "`payload_too_large`: the body is over 64 KiB");
+                add(
+                    op,
+                    415,
+                    "`unsupported_media_type`: the body is not `Content-Type: application/json`",
+                );
+            }
+            let security = op.security.as_ref().map(|reqs| {
+                let json = serde_json::to_value(reqs).unwrap_or_default();
+                (
+                    json.to_string().contains("\"bearer\""),
+                    json.to_string().contains("\"cookie\""),
+                )
+            });
+            if let Some((bearer, cookie)) = security {
+                if bearer || cookie {
+                    add(
+                        op,
+                        401,
+                        "`unauthorized` (missing, malformed or revoked credentials) or `token_expired` (an access token past its `exp`)",
+                    );
+                }
+                if cookie && unsafe_method {
+                    add(op, 403, "`forbidden`: a change authenticated by the session cookie without an allowed `Origin`");
+                }
+            }
+            if needs_database {
+                add(
+                    op,
+                    503,
+                    "`unavailable`: the database does not answer; retry after `Retry-After`",
+                );
+            }
+            if let Some(RefOr::T(response)) = op.responses.responses.get_mut("401") {
+                response.headers.insert(
+                    "WWW-Authenticate".to_owned(),
+                    HeaderBuilder::new()
+                        .schema(ObjectBuilder::new().schema_type(Type::String))
+                        .description(Some(
+                            "`Bearer error=\"invalid_token\"` when a bearer credential or session \
+                             cookie was missing, bad, expired or revoked (RFC 6750); absent for \
+                             `invalid_credentials`.",
+                        ))
+                        .build(),
+                );
+            }
+            if let Some(RefOr::T(response)) = op.responses.responses.get_mut("503") {
+                response.headers.insert(
+                    "Retry-After".to_owned(),
+                    HeaderBuilder::new()
+                        .schema(
+                            ObjectBuilder::new()
+                                .schema_type(Type::Integer)
+                                .minimum(Some(1)),
+                        )
+                        .description(Some("Seconds to wait before retrying."))
+                        .build(),
+                );
+            }
+            if let Some(RefOr::T(response)) = op.responses.responses.get_mut("429") {
+                response.headers.insert(
+                    "Retry-After".to_owned(),
+                    HeaderBuilder::new()
+                        .schema(
+                            ObjectBuilder::new()
+                                .schema_type(Type::Integer)
+                                .minimum(Some(1)),
+                        )
+                        .description(Some(
+                            "Seconds until a new attempt can succeed; always sent with 429.",
+                        ))
+                        .build(),
+                );
+            }
+        }
+    }
+    if let Some(components) = openapi.components.as_mut() {
+        if let Some(signin) = components.schemas.remove("SignInRequest") {
+            let one_of_them = AnyOfBuilder::new()
+                .item(
+                    ObjectBuilder::new()
+                        .schema_type(Type::Object)
+                        .required("username"),
+                )
+                .item(
+                    ObjectBuilder::new()
+                        .schema_type(Type::Object)
+                        .required("email"),
+                );
+            components.schemas.insert(
+                "SignInRequest".to_owned(),
+                AllOfBuilder::new().item(signin).item(one_of_them).into(),
+            );
+        }
+    }
+}
+
+/// Lists `status` with the error envelope unless the operation already describes it.
+fn add(op: &mut Operation, status: u16, description: &str) {
+    op.responses
+        .responses
+        .entry(status.to_string())
+        .or_insert_with(|| error_response(description));
+}
+
+fn error_response(description: &str) -> RefOr<Response> {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            Content::new(Some(Ref::from_schema_name("ErrorEnvelope"))),
+        )
+        .build()
+        .into()
+}
+
+fn operations_mut(item: &mut utoipa::openapi::PathItem) -> Vec<(HttpMethod, &mut Operation)> {
+    [
+        (HttpMethod::Get, &mut item.get),
+        (HttpMethod::Post, &mut item.post),
+        (HttpMethod::Put, &mut item.put),
+        (HttpMethod::Patch, &mut item.patch),
+        (HttpMethod::Delete, &mut item.delete),
+    ]
+    .into_iter()
+    .filter_map(|(m, op)| op.as_mut().map(|op| (m, op)))
+    .collect()
 }
 
 fn escape(s: &str) -> String {

@@ -24,12 +24,25 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct CreateKeyRequest {
+    /// 1–100 characters, no control characters; surrounding whitespace is trimmed.
+    #[schema(
+        required = true,
+        example = "deploy bot",
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]([^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u001f\u007f-\u009f \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?$"
+    )]
     pub name: String,
-    /// Default `["profile:read"]`; `users:read` / `users:write` for an administrator's key.
+    /// Default `["profile:read"]`; `users:read` / `users:write` only for an administrator's
+    /// key (else 403). Repeated scopes count once.
+    #[schema(value_type = Option<Vec<Scope>>, min_items = 1)]
     pub scopes: Option<Vec<String>>,
-    /// No expiry when omitted; 1–3650.
+    /// No expiry when omitted or null.
+    #[schema(minimum = 1, maximum = 3650)]
     pub expires_in_days: Option<i64>,
-    /// The current password: a session alone cannot mint a lasting credential.
+    /// The account's current password: a session alone cannot mint a lasting credential
+    /// (checked and limited like a sign-in: 401 `invalid_credentials`, 429).
+    #[schema(required = true, min_length = 1)]
     pub password: String,
 }
 
@@ -75,7 +88,9 @@ impl From<&ApiKey> for KeyView {
 /// Create an API key; its value is shown once.
 #[utoipa::path(post, path = "/api/keys", tag = "keys", request_body = CreateKeyRequest,
     responses((status = 201, body = CreatedKeyResponse), (status = 400, body = ErrorEnvelope),
-        (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)),
+        (status = 401, description = "not signed in, or a wrong password (invalid_credentials)", body = ErrorEnvelope),
+        (status = 429, description = "too many wrong passwords", body = ErrorEnvelope),
+        (status = 403, description = "users:* scopes asked by a non-administrator, an API key (keys cannot make keys), or a cookie without an allowed Origin", body = ErrorEnvelope)),
     security(("bearer" = []), ("cookie" = [])))]
 async fn create_key(
     State(state): State<AppState>,

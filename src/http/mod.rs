@@ -148,16 +148,19 @@ async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> R
     match ping {
         Ok(Ok(())) => health().await.into_response(),
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "readiness check failed");
-            StatusCode::SERVICE_UNAVAILABLE.into_response()
+            crate::error::Error::Unavailable(format!("readiness check: {e}")).into_response()
         }
-        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        Err(_) => {
+            crate::error::Error::Unavailable("readiness check timed out".into()).into_response()
+        }
     }
 }
 
 /// The OpenAPI document of every route, generated from the handlers' annotations.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router().split_for_parts().1
+    let mut openapi = api_router().split_for_parts().1;
+    docs::complete(&mut openapi);
+    openapi
 }
 
 fn api_router() -> OpenApiRouter<AppState> {
@@ -216,7 +219,8 @@ async fn refuse_malformed_head(request: Request, next: middleware::Next) -> Resp
 }
 
 pub fn router(state: AppState) -> Router {
-    let (api, openapi) = api_router().split_for_parts();
+    let (api, mut openapi) = api_router().split_for_parts();
+    docs::complete(&mut openapi);
     let production = state.config.is_production();
     let cors = state.origins.cors_layer();
     let app = api.merge(docs::router(openapi)).with_state(state);
