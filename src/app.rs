@@ -52,7 +52,8 @@ impl Services {
             .await?
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let wake = Arc::new(tokio::sync::Notify::new());
-        let transport = Transport::from_config(&config).context("setting up email delivery")?;
+        let transport = Transport::from_settings(&config.mail, config.is_production())
+            .context("setting up email delivery")?;
         let outbox = Outbox::new(
             Arc::clone(&store),
             transport,

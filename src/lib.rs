@@ -24,3 +24,5 @@ pub mod server;
 pub mod store;
 /// The service's clock.
 pub mod time;
+/// Reading and checking environment variables; secrets that never print.
+pub mod vars;

@@ -9,7 +9,7 @@ use lettre::address::AddressError;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use crate::config::Config;
+use super::settings::MailSettings;
 
 /// Connect, command and data timeout of one SMTP delivery.
 pub const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -80,14 +80,14 @@ pub fn smtp_transport(
 impl Transport {
     /// SMTP when configured, else the development mailbox (links logged only when not
     /// production).
-    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        match &config.mail.smtp_url {
+    pub fn from_settings(mail: &MailSettings, production: bool) -> anyhow::Result<Self> {
+        match &mail.smtp_url {
             Some(url) => Ok(Transport::Smtp(
                 smtp_transport(url.expose()).context("SMTP_URL is not usable")?,
             )),
             None => Ok(Transport::Mailbox {
-                dir: config.mail.mailbox_dir.clone(),
-                log_links: !config.is_production(),
+                dir: mail.mailbox_dir.clone(),
+                log_links: !production,
             }),
         }
     }
@@ -342,27 +342,28 @@ mod tests {
     }
 
     #[test]
-    fn from_config_picks_the_transport() {
-        let vars = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
-            pairs
+    fn settings_pick_the_transport() {
+        let settings = |pairs: &[(&str, &str)]| {
+            let map: HashMap<String, String> = pairs
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect()
+                .collect();
+            MailSettings::from_vars(&crate::vars::Vars::new(&map), false, Path::new("data"))
+                .unwrap()
         };
-        let dev = Config::from_vars(&vars(&[("MAILBOX_DIR", "/tmp/x")])).unwrap();
-        match Transport::from_config(&dev).unwrap() {
+        let dev = settings(&[("MAILBOX_DIR", "/tmp/x")]);
+        match Transport::from_settings(&dev, false).unwrap() {
             Transport::Mailbox { dir, log_links } => {
                 assert_eq!(dir, PathBuf::from("/tmp/x"));
                 assert!(log_links);
             }
             other => panic!("{other:?}"),
         }
-        let smtp = Config::from_vars(&vars(&[(
+        let smtp = settings(&[(
             "SMTP_URL",
             "smtps://user:hunter2hunter2@smtp.example.com:465",
-        )]))
-        .unwrap();
-        let transport = Transport::from_config(&smtp).unwrap();
+        )]);
+        let transport = Transport::from_settings(&smtp, false).unwrap();
         assert!(matches!(transport, Transport::Smtp(_)));
         assert!(!format!("{transport:?}").contains("hunter2"));
     }
