@@ -2,7 +2,24 @@
 
 use unicode_normalization::UnicodeNormalization;
 
-use crate::error::FieldError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// One invalid field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
 
 /// The field errors of one request, collected so the client sees all of them at once.
 #[derive(Debug, Default)]

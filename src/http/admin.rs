@@ -8,9 +8,10 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::error::ErrorEnvelope;
 use super::extract::{ApiJson, Caller};
 use super::{AppState, MessageResponse, UserView};
-use crate::error::{Error, ErrorEnvelope, FieldError};
+use crate::error::{Error, FieldError};
 use crate::store::{AdminChange, Role};
 
 /// Under `/api/users`.

@@ -9,10 +9,11 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::error::{ErrorEnvelope, FinalBody};
 use super::extract::{ApiJson, AuthUser, Caller, Client, OptionalApiJson, SESSION_COOKIE};
 use super::{AppState, MessageResponse, UserView};
 use crate::auth::IssuedTokens;
-use crate::error::{Error, ErrorEnvelope, FinalBody};
+use crate::error::Error;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

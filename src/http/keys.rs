@@ -8,10 +8,11 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::error::ErrorEnvelope;
 use super::extract::{ApiJson, AuthUser, Client};
 use super::AppState;
 use crate::auth::{KeyRequest, Scope};
-use crate::error::{Error, ErrorEnvelope};
+use crate::error::Error;
 use crate::store::ApiKey;
 
 /// At the root: `/api/keys` itself is a route, which nesting cannot express.

@@ -4,6 +4,7 @@ mod admin;
 mod auth;
 pub mod cors;
 mod docs;
+pub mod error;
 pub mod extract;
 mod keys;
 mod password;
@@ -98,7 +99,7 @@ pub struct StatusResponse {
         title = "Auth Flow",
         description = "Accounts, sign-in, JWT access tokens with refresh and revocation, sessions, password recovery and email verification, sign-in history, administration and API keys."
     ),
-    components(schemas(crate::error::ErrorEnvelope)),
+    components(schemas(error::ErrorEnvelope)),
     modifiers(&SecuritySchemes)
 )]
 struct ApiDoc;
@@ -142,7 +143,7 @@ async fn health() -> Json<StatusResponse> {
 
 /// `GET /ready`: the database answers.
 #[utoipa::path(get, path = "/ready", tag = "service",
-    responses((status = 200, body = StatusResponse), (status = 503, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = StatusResponse), (status = 503, body = error::ErrorEnvelope)))]
 async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
     let ping = tokio::time::timeout(Duration::from_secs(2), state.auth.store().ping()).await;
     match ping {
@@ -275,7 +276,7 @@ pub fn router(state: AppState) -> Router {
             .layer(PropagateRequestIdLayer::new(x_request_id))
             .layer(headers)
             .layer(cors)
-            .layer(middleware::from_fn(crate::error::envelope))
+            .layer(middleware::from_fn(error::envelope))
             .layer(middleware::from_fn(refuse_malformed_head))
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,

@@ -7,9 +7,10 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::error::ErrorEnvelope;
 use super::extract::{ApiJson, AuthUser, Client};
 use super::{AppState, MessageResponse};
-use crate::error::{Error, ErrorEnvelope};
+use crate::error::Error;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

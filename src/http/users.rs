@@ -8,10 +8,11 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::error::ErrorEnvelope;
 use super::extract::{ApiJson, AuthUser, Caller, Client, MaybeAuthUser};
 use super::{AppState, UserView};
 use crate::auth::Registration;
-use crate::error::{Error, ErrorEnvelope};
+use crate::error::Error;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
