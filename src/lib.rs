@@ -22,7 +22,9 @@ pub mod mail;
 pub mod server;
 /// Storage backends behind `trait Store`.
 pub mod store;
-/// The service's clock.
+/// Background work, tracked for shutdown and tests.
+pub mod tasks;
+/// The service's clock and timestamps.
 pub mod time;
 /// Reading and checking environment variables; secrets that never print.
 pub mod vars;
