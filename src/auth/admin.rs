@@ -1,6 +1,7 @@
 //! Use-cases of administration: finding, changing and removing accounts; making admins.
 
 use super::{normalize_identifier, Auth, Principal, Registration, Scope};
+use crate::domain::UserUid;
 use crate::error::Error;
 use crate::store::{AdminChange, Role, User};
 use crate::time;
@@ -45,7 +46,8 @@ impl Auth {
             .filter(|q| !q.is_empty());
         let query = query.as_deref();
         let offset = (page - 1).saturating_mul(per_page);
-        Ok(self.store.list_users(query, offset, per_page).await?)
+        let page = self.store.list_users(query, offset, per_page).await?;
+        Ok((page.users, page.total))
     }
 
     pub async fn admin_user(&self, caller: &Principal, uid: &str) -> Result<User, Error> {
@@ -55,7 +57,7 @@ impl Auth {
             return Err(Error::NotFound("user"));
         }
         self.store
-            .user_by_uid(uid)
+            .user_by_uid(&UserUid::new(uid))
             .await?
             .ok_or(Error::NotFound("user"))
     }

@@ -7,6 +7,8 @@ use subtle::ConstantTimeEq;
 
 use super::tokens::{digest, random_token};
 use super::{Auth, ClientInfo, Credential, Principal};
+use crate::domain::ApiKeyId;
+pub use crate::domain::Scope;
 use crate::error::{Error, FieldError};
 use crate::mail::templates::Email;
 use crate::store::{ApiKey, NewApiKey, Role};
@@ -17,45 +19,6 @@ const PREFIX: &str = "afk_";
 const ID_LEN: usize = 16;
 /// `last_used_at` is written at most this often per key, in the background.
 const TOUCH_INTERVAL_SECS: i64 = 60;
-
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
-)]
-pub enum Scope {
-    /// The owner's own profile and sign-in history.
-    #[serde(rename = "profile:read")]
-    ProfileRead,
-    /// The admin routes, reading (an administrator's key only).
-    #[serde(rename = "users:read")]
-    UsersRead,
-    /// The admin routes, changing (an administrator's key only).
-    #[serde(rename = "users:write")]
-    UsersWrite,
-}
-
-impl Scope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::ProfileRead => "profile:read",
-            Scope::UsersRead => "users:read",
-            Scope::UsersWrite => "users:write",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "profile:read" => Some(Scope::ProfileRead),
-            "users:read" => Some(Scope::UsersRead),
-            "users:write" => Some(Scope::UsersWrite),
-            _ => None,
-        }
-    }
-
-    /// Stored as a space-separated list; unknown names (from a newer version) are dropped.
-    pub fn parse_list(list: &str) -> Vec<Scope> {
-        list.split_whitespace().filter_map(Scope::parse).collect()
-    }
-}
 
 /// A key as created: the only moment its full value exists outside the client.
 pub struct CreatedKey {
@@ -152,15 +115,11 @@ impl Auth {
         let secret = random_token();
         let now = time::now();
         let key = NewApiKey {
-            id: id.clone(),
+            id: ApiKeyId::new(id.clone()),
             user_db_id: principal.user.db_id,
             name,
             secret_hash: digest(&secret),
-            scopes: scopes
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(" "),
+            scopes,
             now,
             expires_at: days.map(|d| now + chrono::Duration::days(d)),
         };
@@ -170,7 +129,7 @@ impl Auth {
             &Email::ApiKeyCreated {
                 name: &principal.user.name,
                 key_name: &key.name,
-                key_id: &key.id,
+                key_id: key.id.as_str(),
                 expires: expires.as_deref(),
             },
         )?;
@@ -180,7 +139,7 @@ impl Auth {
         Ok(CreatedKey {
             value: format!("{PREFIX}{id}_{secret}"),
             key: ApiKey {
-                id,
+                id: key.id,
                 name: key.name,
                 scopes: key.scopes,
                 created_at: now,
@@ -198,7 +157,12 @@ impl Auth {
     pub async fn delete_api_key(&self, principal: &Principal, id: &str) -> Result<(), Error> {
         principal.session_id()?;
         let well_formed = id.len() == ID_LEN && id.chars().all(|c| c.is_ascii_hexdigit());
-        if well_formed && self.store.delete_api_key(principal.user.db_id, id).await? {
+        if well_formed
+            && self
+                .store
+                .delete_api_key(principal.user.db_id, &ApiKeyId::new(id))
+                .await?
+        {
             tracing::info!(user = %principal.user.uid, key = %id, "API key deleted");
             Ok(())
         } else {
@@ -213,7 +177,7 @@ impl Auth {
         let now = time::now();
         let owner = self
             .store
-            .api_key_owner(id, now)
+            .api_key_owner(&ApiKeyId::new(id), now)
             .await?
             .ok_or(Error::Unauthorized)?;
         let matches: bool = digest(secret)
@@ -229,7 +193,7 @@ impl Auth {
             .is_none_or(|at| (now - at).num_seconds() >= TOUCH_INTERVAL_SECS);
         if stale {
             let store = Arc::clone(&self.store);
-            let id = id.to_owned();
+            let id = owner.key.id.clone();
             tokio::spawn(async move {
                 if let Err(e) = store.touch_api_key(&id, now).await {
                     tracing::warn!(error = %e, "could not record API key use");
@@ -240,7 +204,7 @@ impl Auth {
             user: owner.user,
             credential: Credential::ApiKey {
                 id: owner.key.id,
-                scopes: Scope::parse_list(&owner.key.scopes),
+                scopes: owner.key.scopes,
             },
         })
     }

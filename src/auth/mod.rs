@@ -13,12 +13,14 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::config::Config;
-use crate::domain::{DisplayName, Email, Phone, Username, ValidationErrors};
+use crate::domain::{
+    ApiKeyId, DisplayName, Email, Phone, SessionId, UserId, UserUid, Username, ValidationErrors,
+};
 use crate::error::Error;
 use crate::geo::ipinfo::GeoLocator;
 use crate::store::{
-    NewSession, NewUser, ProfileChange, RefreshOutcome, Role, Rotation, Session, SessionUser,
-    Store, User,
+    AttemptResult, NewSession, NewUser, ProfileChange, RefreshOutcome, Role, Rotation, Session,
+    SessionUser, Store, User,
 };
 use crate::time::{self, Timestamp};
 pub use api_keys::{is_api_key, CreatedKey, KeyRequest, Scope};
@@ -51,7 +53,7 @@ pub struct IssuedTokens {
     pub refresh_token: String,
     /// The raw `auth.sid` cookie value.
     pub session_cookie: String,
-    pub session_id: String,
+    pub session_id: SessionId,
     pub user: User,
 }
 
@@ -65,14 +67,14 @@ pub struct Principal {
 #[derive(Debug, Clone)]
 pub enum Credential {
     /// An active session (access token or cookie).
-    Session(String),
+    Session(SessionId),
     /// An API key, limited to its scopes.
-    ApiKey { id: String, scopes: Vec<Scope> },
+    ApiKey { id: ApiKeyId, scopes: Vec<Scope> },
 }
 
 impl Principal {
     /// The session, for what only a signed-in person (not an API key) may do.
-    pub fn session_id(&self) -> Result<&str, Error> {
+    pub fn session_id(&self) -> Result<&SessionId, Error> {
         match &self.credential {
             Credential::Session(id) => Ok(id),
             Credential::ApiKey { .. } => Err(Error::Forbidden(
@@ -196,11 +198,11 @@ impl Auth {
             .store
             .create_user(
                 &NewUser {
-                    uid: uuid::Uuid::new_v4().to_string(),
-                    username: username.as_str().to_owned(),
-                    name: name.as_str().to_owned(),
-                    email: email.as_str().to_owned(),
-                    phone: phone.map(|p| p.as_str().to_owned()),
+                    uid: UserUid::new(uuid::Uuid::new_v4().to_string()),
+                    username,
+                    name,
+                    email,
+                    phone,
                     password_hash,
                     role,
                     now: time::now(),
@@ -248,14 +250,19 @@ impl Auth {
                 (c.user, needs_rehash)
             }
             _ => {
-                self.finish_attempt(attempt, &client, account.as_ref(), false, true)
+                self.finish_attempt(attempt, &client, account.as_ref(), AttemptResult::Failed)
                     .await?;
                 return Err(Error::InvalidCredentials);
             }
         };
         if self.config.require_email_verification && !user.email_verified {
-            self.finish_attempt(attempt, &client, Some(&user), false, false)
-                .await?;
+            self.finish_attempt(
+                attempt,
+                &client,
+                Some(&user),
+                AttemptResult::EmailNotVerified,
+            )
+            .await?;
             return Err(Error::EmailNotVerified);
         }
         if needs_rehash {
@@ -269,7 +276,7 @@ impl Auth {
     }
 
     /// Legacy bcrypt (or weaker argon2) hashes are upgraded after the answer is sent.
-    fn rehash_in_background(&self, user_db_id: i64, old_hash: String, password: String) {
+    fn rehash_in_background(&self, user_db_id: UserId, old_hash: String, password: String) {
         let passwords = self.passwords.clone();
         let store = Arc::clone(&self.store);
         tokio::spawn(async move {
@@ -296,8 +303,9 @@ impl Auth {
         let now = time::now();
         let session_cookie = random_token();
         let refresh_token = random_token();
-        let session_id = uuid::Uuid::new_v4().to_string();
-        let (outcome, lookup) = self.outcome(attempt, &client, Some(&user), true, true);
+        let session_id = SessionId::new(uuid::Uuid::new_v4().to_string());
+        let (outcome, lookup) =
+            self.outcome(attempt, &client, Some(&user), AttemptResult::Succeeded);
         let log_id = self
             .store
             .start_session(
@@ -327,7 +335,7 @@ impl Auth {
     fn issue(
         &self,
         user: User,
-        session_id: String,
+        session_id: SessionId,
         session_cookie: String,
         refresh_token: String,
         now: Timestamp,
@@ -382,9 +390,12 @@ impl Auth {
     /// active: one database round trip, which also returns the current user.
     pub async fn authenticate_bearer(&self, token: &str) -> Result<Principal, Error> {
         let claims = self.jwt.verify(token)?;
-        let found = self.store.session_by_id(&claims.sid, time::now()).await?;
+        let found = self
+            .store
+            .session_by_id(&SessionId::new(claims.sid), time::now())
+            .await?;
         match found {
-            Some(su) if su.user.uid == claims.sub => Ok(self.principal(su)),
+            Some(su) if su.user.uid.as_str() == claims.sub => Ok(self.principal(su)),
             _ => Err(Error::Unauthorized),
         }
     }
@@ -454,7 +465,11 @@ impl Auth {
         }
         if self
             .store
-            .revoke_session(principal.user.db_id, session_id, time::now())
+            .revoke_session(
+                principal.user.db_id,
+                &SessionId::new(session_id),
+                time::now(),
+            )
             .await?
         {
             Ok(())
@@ -474,10 +489,7 @@ impl Auth {
         let name = name.and_then(|n| errors.check("name", DisplayName::parse(n)));
         let phone = phone.and_then(|p| errors.check("phone", Phone::parse(p)));
         errors.into_result()?;
-        let change = ProfileChange {
-            name: name.map(|n| n.as_str().to_owned()),
-            phone: phone.map(|p| p.map(|p| p.as_str().to_owned())),
-        };
+        let change = ProfileChange { name, phone };
         Ok(self
             .store
             .update_profile(principal.user.db_id, &change)

@@ -8,14 +8,12 @@ use std::time::Duration;
 use super::{Auth, ClientInfo};
 use crate::error::Error;
 use crate::geo::ipinfo::Located;
+pub(super) use crate::store::AttemptId;
 use crate::store::{
-    AccountAttempt, AttemptOutcome, AttemptReservation, Prune, Reservation, SignInLimits, User,
+    AccountAttempt, AttemptOutcome, AttemptReservation, AttemptResult, CountedAs, LocationLogId,
+    Prune, RateKey, Reservation, SignInLimits, User,
 };
 use crate::time::{self, Timestamp};
-
-/// A sign-in attempt recorded (as a counted failure until it ends otherwise).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct AttemptId(i64);
 
 /// Create-account, forgot-password and resend-verification limits count per hour.
 const HOUR: Duration = Duration::from_secs(3600);
@@ -58,8 +56,11 @@ impl Auth {
         let limits = &self.config.limits;
         let now = time::now();
         let counted_as = match account {
-            Some(user) => [user.username.to_lowercase(), user.email.to_lowercase()],
-            None => [identifier.to_owned(), identifier.to_owned()],
+            Some(user) => CountedAs::Account {
+                username: user.username.to_lowercase(),
+                email: user.email.to_lowercase(),
+            },
+            None => CountedAs::Identifier(identifier.to_owned()),
         };
         let reservation = self
             .store
@@ -78,7 +79,7 @@ impl Auth {
             })
             .await?;
         match reservation {
-            Reservation::Granted { attempt_id } => Ok(AttemptId(attempt_id)),
+            Reservation::Granted { attempt_id } => Ok(attempt_id),
             Reservation::Refused { oldest } => {
                 metrics::counter!("authflow_sign_in_refused_total").increment(1);
                 tracing::info!("sign-in refused by a failure limit");
@@ -137,7 +138,15 @@ impl Auth {
         }
         let now = time::now();
         let since = now - time::duration(HOUR);
-        match self.store.take_rate_limit(bucket, keys, since, now).await? {
+        let keys: Vec<RateKey<'_>> = keys
+            .iter()
+            .map(|&(key, limit)| RateKey { key, limit })
+            .collect();
+        match self
+            .store
+            .take_rate_limit(bucket, &keys, since, now)
+            .await?
+        {
             None => Ok(()),
             Some(oldest) => {
                 tracing::warn!(bucket, "rate limit reached");
@@ -152,8 +161,7 @@ impl Auth {
         attempt: AttemptId,
         client: &ClientInfo,
         account: Option<&User>,
-        success: bool,
-        counted: bool,
+        result: AttemptResult,
     ) -> (AttemptOutcome, Option<IpAddr>) {
         let ip = ip_key(client);
         let (location, lookup) = match (account, client.ip) {
@@ -164,9 +172,8 @@ impl Auth {
             _ => (serde_json::json!({"ip": ip}), None),
         };
         let outcome = AttemptOutcome {
-            attempt_id: attempt.0,
-            success,
-            counted,
+            attempt_id: attempt,
+            result,
             ip,
             now: time::now(),
             account: account.map(|user| AccountAttempt {
@@ -180,7 +187,7 @@ impl Auth {
 
     /// A location that needs a lookup is completed in the background, so a slow or failing
     /// lookup never delays the answer.
-    pub(super) fn locate_later(&self, log_id: Option<i64>, lookup: Option<IpAddr>) {
+    pub(super) fn locate_later(&self, log_id: Option<LocationLogId>, lookup: Option<IpAddr>) {
         if let (Some(log_id), Some(addr)) = (log_id, lookup) {
             self.complete_location(log_id, addr);
         }
@@ -192,10 +199,9 @@ impl Auth {
         attempt: AttemptId,
         client: &ClientInfo,
         account: Option<&User>,
-        success: bool,
-        counted: bool,
+        result: AttemptResult,
     ) -> Result<(), Error> {
-        let (outcome, lookup) = self.outcome(attempt, client, account, success, counted);
+        let (outcome, lookup) = self.outcome(attempt, client, account, result);
         let log_id = self.store.finish_sign_in(&outcome).await?;
         self.locate_later(log_id, lookup);
         Ok(())
@@ -222,7 +228,12 @@ impl Auth {
             self.passwords.verify(password, stored).await?,
             super::password::Verification::Valid { .. }
         );
-        self.finish_attempt(attempt, client, Some(user), valid, true)
+        let result = if valid {
+            AttemptResult::Succeeded
+        } else {
+            AttemptResult::Failed
+        };
+        self.finish_attempt(attempt, client, Some(user), result)
             .await?;
         if valid {
             Ok(())
@@ -231,7 +242,7 @@ impl Auth {
         }
     }
 
-    fn complete_location(&self, log_id: i64, addr: IpAddr) {
+    fn complete_location(&self, log_id: LocationLogId, addr: IpAddr) {
         let geo = Arc::clone(&self.geo);
         let store = Arc::clone(&self.store);
         tokio::spawn(async move {

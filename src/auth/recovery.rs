@@ -30,7 +30,7 @@ impl Auth {
     pub(super) fn render(&self, to: &str, email: &Email<'_>) -> Result<NewEmail, Error> {
         let rendered = render(email).map_err(|e| anyhow::anyhow!("rendering an email: {e}"))?;
         Ok(NewEmail {
-            kind: rendered.kind.as_str(),
+            kind: rendered.kind,
             to: to.to_owned(),
             subject: rendered.subject,
             text: rendered.text,

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, Secret};
+use crate::domain::SessionId;
 use crate::error::Error;
 use crate::store::User;
 use crate::time::Timestamp;
@@ -68,14 +69,14 @@ impl Jwt {
     pub fn issue(
         &self,
         user: &User,
-        session_id: &str,
+        session_id: &SessionId,
         now: Timestamp,
         ttl: std::time::Duration,
     ) -> Result<String, Error> {
         let iat = now.timestamp();
         let claims = Claims {
-            sub: user.uid.clone(),
-            sid: session_id.to_owned(),
+            sub: user.uid.to_string(),
+            sid: session_id.to_string(),
             role: user.role.as_str().to_owned(),
             username: user.username.clone(),
             email: user.email.clone(),

@@ -1,7 +1,13 @@
-//! Validated input types: once you hold a `Username`, `Email`, `DisplayName`, `Phone` or `NewPassword`, it is valid.
+//! Validated input types: once you hold a `Username`, `Email`, `DisplayName`, `Phone` or `NewPassword`, it is valid;
+//! the identifiers and API-key scopes that are kept typed into the store.
+
+mod ids;
+mod scope;
 
 use unicode_normalization::UnicodeNormalization;
 
+pub use ids::{ApiKeyId, SessionId, UserId, UserUid};
+pub use scope::Scope;
 use serde::Serialize;
 use utoipa::ToSchema;
 

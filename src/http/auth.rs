@@ -234,8 +234,8 @@ async fn sessions(
         sessions: sessions
             .into_iter()
             .map(|s| SessionView {
-                current: s.id == current,
-                id: s.id,
+                current: &s.id == current,
+                id: s.id.into(),
                 created_at: crate::time::rfc3339(s.created_at),
                 last_used_at: crate::time::rfc3339(s.last_used_at),
                 ip: s.ip,

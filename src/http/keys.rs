@@ -76,9 +76,9 @@ pub struct KeyList {
 impl From<&ApiKey> for KeyView {
     fn from(k: &ApiKey) -> Self {
         Self {
-            id: k.id.clone(),
+            id: k.id.to_string(),
             name: k.name.clone(),
-            scopes: Scope::parse_list(&k.scopes),
+            scopes: k.scopes.clone(),
             created_at: crate::time::rfc3339(k.created_at),
             expires_at: k.expires_at.map(crate::time::rfc3339),
             last_used_at: k.last_used_at.map(crate::time::rfc3339),

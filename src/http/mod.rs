@@ -68,7 +68,7 @@ pub struct UserView {
 impl From<&User> for UserView {
     fn from(u: &User) -> Self {
         Self {
-            id: u.uid.clone(),
+            id: u.uid.to_string(),
             username: u.username.clone(),
             name: u.name.clone(),
             email: u.email.clone(),

@@ -1,7 +1,8 @@
 //! Storage: `trait Store`, its models and errors; one implementation per backend, chosen from the URL.
 
+mod dialect;
 pub mod postgres;
-mod shared;
+mod sql;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -9,7 +10,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::config::Config;
+use crate::domain::{
+    ApiKeyId, DisplayName, Email, Phone, Scope, SessionId, UserId, UserUid, Username,
+};
+use crate::mail::templates::EmailKind;
 use crate::time::Timestamp;
+
+pub use dialect::Dialect;
+pub use sql::SqlStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -55,8 +63,8 @@ impl Role {
 /// An account as the service sees it. `db_id` is internal and never leaves the service.
 #[derive(Debug, Clone)]
 pub struct User {
-    pub db_id: i64,
-    pub uid: String,
+    pub db_id: UserId,
+    pub uid: UserUid,
     pub username: String,
     pub name: String,
     pub email: String,
@@ -70,12 +78,11 @@ pub struct User {
 
 #[derive(Debug, Clone)]
 pub struct NewUser {
-    pub uid: String,
-    pub username: String,
-    pub name: String,
-    /// Lower-cased.
-    pub email: String,
-    pub phone: Option<String>,
+    pub uid: UserUid,
+    pub username: Username,
+    pub name: DisplayName,
+    pub email: Email,
+    pub phone: Option<Phone>,
     pub password_hash: String,
     pub role: Role,
     pub now: Timestamp,
@@ -90,8 +97,8 @@ pub struct Credentials {
 
 #[derive(Debug, Clone)]
 pub struct NewSession {
-    pub id: String,
-    pub user_db_id: i64,
+    pub id: SessionId,
+    pub user_db_id: UserId,
     /// SHA-256 hex digests; the raw values only ever reach the client.
     pub cookie_hash: String,
     pub refresh_hash: String,
@@ -103,7 +110,7 @@ pub struct NewSession {
 
 #[derive(Debug, Clone)]
 pub struct Session {
-    pub id: String,
+    pub id: SessionId,
     pub created_at: Timestamp,
     pub last_used_at: Timestamp,
     pub expires_at: Timestamp,
@@ -169,7 +176,7 @@ pub struct NewToken {
 /// An email for the outbox, written in the same transaction as the change that causes it.
 #[derive(Clone)]
 pub struct NewEmail {
-    pub kind: &'static str,
+    pub kind: EmailKind,
     pub to: String,
     pub subject: String,
     pub text: String,
@@ -221,9 +228,7 @@ pub enum Delivery {
 pub struct AttemptReservation {
     /// As given: lower-cased, without NUL characters, at most 200 characters.
     pub identifier: String,
-    /// Whose failures count: the account's lower-cased username and email when it exists
-    /// (so switching between them gains nothing), else just `identifier`.
-    pub counted_as: [String; 2],
+    pub counted_as: CountedAs,
     pub ip: String,
     /// `None`: limits are off.
     pub limits: Option<SignInLimits>,
@@ -232,6 +237,26 @@ pub struct AttemptReservation {
     /// An address that signed in successfully after this is known to the account.
     pub known_since: Timestamp,
     pub now: Timestamp,
+}
+
+/// Whose failures a sign-in attempt counts against.
+#[derive(Debug, Clone)]
+pub enum CountedAs {
+    /// An existing account: failures by its username and by its email count together (so
+    /// switching between them gains nothing). Both lower-cased.
+    Account { username: String, email: String },
+    /// No such account: the identifier as given.
+    Identifier(String),
+}
+
+impl CountedAs {
+    /// The two identifiers whose failures count (the same one twice for `Identifier`).
+    pub fn identifiers(&self) -> [&str; 2] {
+        match self {
+            CountedAs::Account { username, email } => [username, email],
+            CountedAs::Identifier(identifier) => [identifier, identifier],
+        }
+    }
 }
 
 /// Failures allowed within the window (SPEC §9).
@@ -248,20 +273,45 @@ pub struct SignInLimits {
 #[derive(Debug, Clone)]
 pub enum Reservation {
     /// Recorded as a counted failure until its outcome says otherwise.
-    Granted { attempt_id: i64 },
+    Granted { attempt_id: AttemptId },
     /// Refused by a limit, and not recorded: the oldest counted failure of the full window,
     /// which frees a slot when it leaves it.
     Refused { oldest: Timestamp },
 }
 
+/// A sign-in attempt recorded in `login_attempts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptId(pub i64);
+
+/// A row of the sign-in history (`user_location_logs`), whose location may come later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocationLogId(pub i64);
+
+/// How a sign-in attempt (or a check of the current password) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptResult {
+    Succeeded,
+    /// A failure that counts toward the limits.
+    Failed,
+    /// The right password on an unverified email: refused, but not counted as a failure.
+    EmailNotVerified,
+}
+
+impl AttemptResult {
+    pub fn succeeded(self) -> bool {
+        self == AttemptResult::Succeeded
+    }
+    /// Whether the attempt counts toward the limits (only failures are ever counted).
+    pub fn counted(self) -> bool {
+        self != AttemptResult::EmailNotVerified
+    }
+}
+
 /// How a reserved attempt ended; for an existing account, its history row.
 #[derive(Debug, Clone)]
 pub struct AttemptOutcome {
-    pub attempt_id: i64,
-    pub success: bool,
-    /// Whether a failure counts toward the limits: not one refused by a limit, nor a right
-    /// password on an unverified email.
-    pub counted: bool,
+    pub attempt_id: AttemptId,
+    pub result: AttemptResult,
     pub ip: String,
     pub now: Timestamp,
     pub account: Option<AccountAttempt>,
@@ -269,7 +319,7 @@ pub struct AttemptOutcome {
 
 #[derive(Debug, Clone)]
 pub struct AccountAttempt {
-    pub user_db_id: i64,
+    pub user_db_id: UserId,
     pub location: serde_json::Value,
     /// At most 255 characters.
     pub user_agent: Option<String>,
@@ -286,13 +336,11 @@ pub struct LoginRecord {
 }
 
 /// An API key as its owner sees it (never its secret).
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct ApiKey {
-    #[sqlx(rename = "key_id")]
-    pub id: String,
+    pub id: ApiKeyId,
     pub name: String,
-    /// Space-separated scope names.
-    pub scopes: String,
+    pub scopes: Vec<Scope>,
     pub created_at: Timestamp,
     pub expires_at: Option<Timestamp>,
     pub last_used_at: Option<Timestamp>,
@@ -300,11 +348,11 @@ pub struct ApiKey {
 
 #[derive(Debug, Clone)]
 pub struct NewApiKey {
-    pub id: String,
-    pub user_db_id: i64,
+    pub id: ApiKeyId,
+    pub user_db_id: UserId,
     pub name: String,
     pub secret_hash: String,
-    pub scopes: String,
+    pub scopes: Vec<Scope>,
     pub now: Timestamp,
     pub expires_at: Option<Timestamp>,
 }
@@ -327,9 +375,23 @@ pub struct AdminChange {
 
 #[derive(Debug, Clone, Default)]
 pub struct ProfileChange {
-    pub name: Option<String>,
+    pub name: Option<DisplayName>,
     /// `Some(None)` clears the phone.
-    pub phone: Option<Option<String>>,
+    pub phone: Option<Option<Phone>>,
+}
+
+/// One page of accounts, with the count of all that match.
+#[derive(Debug, Clone)]
+pub struct UserPage {
+    pub users: Vec<User>,
+    pub total: i64,
+}
+
+/// One key a rate-limited call counts against, and how many calls it allows in the window.
+#[derive(Debug, Clone, Copy)]
+pub struct RateKey<'a> {
+    pub key: &'a str,
+    pub limit: i64,
 }
 
 /// Everything the service keeps. Implementations turn unique-key violations into
@@ -348,25 +410,28 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<User, StoreError>;
     /// By username or email, case-insensitively; `identifier` is already lower-cased.
     async fn find_credentials(&self, identifier: &str) -> Result<Option<Credentials>, StoreError>;
-    async fn credentials_by_id(&self, user_db_id: i64) -> Result<Option<Credentials>, StoreError>;
+    async fn credentials_by_id(
+        &self,
+        user_db_id: UserId,
+    ) -> Result<Option<Credentials>, StoreError>;
     /// Replaces the hash only if it is still `old` (a reset or change in between wins).
     async fn upgrade_password_hash(
         &self,
-        user_db_id: i64,
+        user_db_id: UserId,
         old: &str,
         new: &str,
     ) -> Result<(), StoreError>;
     async fn update_profile(
         &self,
-        user_db_id: i64,
+        user_db_id: UserId,
         change: &ProfileChange,
     ) -> Result<User, StoreError>;
     /// The account and everything of it (sessions, tokens, logs, its sign-in attempts).
-    async fn delete_user(&self, user_db_id: i64) -> Result<(), StoreError>;
+    async fn delete_user(&self, user_db_id: UserId) -> Result<(), StoreError>;
 
     /// Counted sign-in failures of the account no longer count (a completed reset, an
     /// administrator's unlock).
-    async fn clear_sign_in_failures(&self, user_db_id: i64) -> Result<u64, StoreError>;
+    async fn clear_sign_in_failures(&self, user_db_id: UserId) -> Result<u64, StoreError>;
 
     /// Inserts the session and its first refresh token and sets the user's `last_login`.
     /// …together with the outcome of the sign-in attempt that opened it (one transaction);
@@ -375,11 +440,11 @@ pub trait Store: Send + Sync + 'static {
         &self,
         session: &NewSession,
         attempt: &AttemptOutcome,
-    ) -> Result<Option<i64>, StoreError>;
+    ) -> Result<Option<LocationLogId>, StoreError>;
     /// The session if it is neither revoked nor expired at `now` and its user is active.
     async fn session_by_id(
         &self,
-        session_id: &str,
+        session_id: &SessionId,
         now: Timestamp,
     ) -> Result<Option<SessionUser>, StoreError>;
     async fn session_by_cookie(
@@ -390,25 +455,26 @@ pub trait Store: Send + Sync + 'static {
     /// Single-use even under concurrency: of two rotations of one token, one gets `Rotated`.
     async fn rotate_refresh_token(&self, rotation: &Rotation)
         -> Result<RefreshOutcome, StoreError>;
-    async fn touch_session(&self, session_id: &str, now: Timestamp) -> Result<(), StoreError>;
+    async fn touch_session(&self, session_id: &SessionId, now: Timestamp)
+        -> Result<(), StoreError>;
     /// Active sessions of the user, newest first.
     async fn list_sessions(
         &self,
-        user_db_id: i64,
+        user_db_id: UserId,
         now: Timestamp,
     ) -> Result<Vec<Session>, StoreError>;
     /// `false` when the user has no such active session.
     async fn revoke_session(
         &self,
-        user_db_id: i64,
-        session_id: &str,
+        user_db_id: UserId,
+        session_id: &SessionId,
         now: Timestamp,
     ) -> Result<bool, StoreError>;
     /// Every session of the user, and with `api_keys` every key too, in one transaction;
     /// returns the number of sessions ended.
     async fn revoke_all_sessions(
         &self,
-        user_db_id: i64,
+        user_db_id: UserId,
         api_keys: bool,
         now: Timestamp,
     ) -> Result<u64, StoreError>;
@@ -416,7 +482,7 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces the user's earlier tokens of this kind with a new one and queues its email.
     async fn issue_token(
         &self,
-        user_db_id: i64,
+        user_db_id: UserId,
         token: &NewToken,
         email: &NewEmail,
         now: Timestamp,
@@ -446,9 +512,9 @@ pub trait Store: Send + Sync + 'static {
     /// Sets the password, revokes every session but `keep_session`, queues the notice.
     async fn change_password(
         &self,
-        user_db_id: i64,
+        user_db_id: UserId,
         password_hash: &str,
-        keep_session: &str,
+        keep_session: &SessionId,
         notice: &NewEmail,
         now: Timestamp,
     ) -> Result<(), StoreError>;
@@ -460,11 +526,14 @@ pub trait Store: Send + Sync + 'static {
         attempt: &AttemptReservation,
     ) -> Result<Reservation, StoreError>;
     /// Records how the attempt ended; returns the location-log id, if any.
-    async fn finish_sign_in(&self, outcome: &AttemptOutcome) -> Result<Option<i64>, StoreError>;
+    async fn finish_sign_in(
+        &self,
+        outcome: &AttemptOutcome,
+    ) -> Result<Option<LocationLogId>, StoreError>;
     /// Completes a location-log row once the geolocation lookup is done.
     async fn set_location(
         &self,
-        log_id: i64,
+        log_id: LocationLogId,
         location: &serde_json::Value,
     ) -> Result<(), StoreError>;
     /// Counts one call against each `(key, limit)` in the window since `since`: `None` if
@@ -473,7 +542,7 @@ pub trait Store: Send + Sync + 'static {
     async fn take_rate_limit(
         &self,
         bucket: &str,
-        keys: &[(&str, i64)],
+        keys: &[RateKey<'_>],
         since: Timestamp,
         now: Timestamp,
     ) -> Result<Option<Timestamp>, StoreError>;
@@ -484,12 +553,12 @@ pub trait Store: Send + Sync + 'static {
     /// Newest first.
     async fn login_history(
         &self,
-        user_db_id: i64,
+        user_db_id: UserId,
         limit: i64,
     ) -> Result<Vec<LoginRecord>, StoreError>;
 
     /// By public id (`user_uid`).
-    async fn user_by_uid(&self, uid: &str) -> Result<Option<User>, StoreError>;
+    async fn user_by_uid(&self, uid: &UserUid) -> Result<Option<User>, StoreError>;
     /// Accounts whose username, email or name contains `query` (case-insensitively), oldest
     /// first, with the total count of matches.
     async fn list_users(
@@ -497,11 +566,11 @@ pub trait Store: Send + Sync + 'static {
         query: Option<&str>,
         offset: i64,
         limit: i64,
-    ) -> Result<(Vec<User>, i64), StoreError>;
+    ) -> Result<UserPage, StoreError>;
     /// Applies the change; a changed role or a deactivation revokes every session, atomically.
     async fn admin_update_user(
         &self,
-        user_db_id: i64,
+        user_db_id: UserId,
         change: &AdminChange,
         now: Timestamp,
     ) -> Result<User, StoreError>;
@@ -509,17 +578,21 @@ pub trait Store: Send + Sync + 'static {
     /// Stores the key and queues its notice email, atomically.
     async fn create_api_key(&self, key: &NewApiKey, notice: &NewEmail) -> Result<(), StoreError>;
     /// Newest first.
-    async fn list_api_keys(&self, user_db_id: i64) -> Result<Vec<ApiKey>, StoreError>;
+    async fn list_api_keys(&self, user_db_id: UserId) -> Result<Vec<ApiKey>, StoreError>;
     /// `false` when the user has no such key.
-    async fn delete_api_key(&self, user_db_id: i64, key_id: &str) -> Result<bool, StoreError>;
+    async fn delete_api_key(
+        &self,
+        user_db_id: UserId,
+        key_id: &ApiKeyId,
+    ) -> Result<bool, StoreError>;
     /// The key and its owner if the key exists, has not expired and the owner is active: one
     /// round trip.
     async fn api_key_owner(
         &self,
-        key_id: &str,
+        key_id: &ApiKeyId,
         now: Timestamp,
     ) -> Result<Option<KeyOwner>, StoreError>;
-    async fn touch_api_key(&self, key_id: &str, now: Timestamp) -> Result<(), StoreError>;
+    async fn touch_api_key(&self, key_id: &ApiKeyId, now: Timestamp) -> Result<(), StoreError>;
 
     /// Claims the next due email until `lease_until` (after which another worker may take
     /// it again), or `None` when nothing is due.
@@ -550,47 +623,14 @@ pub enum Prune {
     FinishedEmails { before: Timestamp },
 }
 
-/// Counted failures since `$4` for identifiers `$1`/`$2` from IP `$3` (after that address's
-/// last success), for the identifiers from anywhere, and from the IP on any account, each
-/// with its oldest; and whether the IP signed in to the account after `$5`. The same SQL on
-/// both backends.
-pub(crate) const COUNT_FAILURES: &str = "\
-    WITH last_success AS ( \
-        SELECT max(attempted_at) AS at FROM login_attempts \
-        WHERE email_or_username IN ($1, $2) AND ip_address = $3 AND success \
-    ), by_pair AS ( \
-        SELECT count(*) AS n, min(a.attempted_at) AS oldest FROM login_attempts a, last_success l \
-        WHERE a.email_or_username IN ($1, $2) AND a.ip_address = $3 AND NOT a.success \
-        AND a.counted AND a.attempted_at > $4 AND (l.at IS NULL OR a.attempted_at > l.at) \
-    ), by_account AS ( \
-        SELECT count(*) AS n, min(attempted_at) AS oldest FROM login_attempts \
-        WHERE email_or_username IN ($1, $2) AND NOT success AND counted AND attempted_at > $4 \
-    ), by_ip AS ( \
-        SELECT count(*) AS n, min(attempted_at) AS oldest FROM login_attempts \
-        WHERE ip_address = $3 AND NOT success AND counted AND attempted_at > $4 \
-    ) \
-    SELECT p.n, p.oldest, a.n, a.oldest, i.n, i.oldest, \
-        (l.at IS NOT NULL AND l.at > $5) AS known \
-    FROM by_pair p, by_account a, by_ip i, last_success l";
-
-/// A `LIKE … ESCAPE '\\'` pattern matching values that contain `query` (lower-cased).
-pub(crate) fn contains_pattern(query: &str) -> String {
-    let escaped = query
-        .to_lowercase()
-        .replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_");
-    format!("%{escaped}%")
-}
-
 /// Connects to the database named by the configuration and brings its schema up to date.
 pub async fn connect(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
     let url = config.database_url.expose();
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
+        Ok(Arc::new(sqlite::connect(url).await?))
     } else {
         Ok(Arc::new(
-            postgres::PgStore::connect(url, config.database_ca_pem.as_deref()).await?,
+            postgres::connect(url, config.database_ca_pem.as_deref()).await?,
         ))
     }
 }

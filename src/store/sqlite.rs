@@ -1,103 +1,96 @@
-//! `SqliteStore`: the embedded default store, the same schema and behaviour as `PgStore`. The
-//! SQL it shares with PostgreSQL is in `shared.rs`; what is SQLite's own is here.
+//! SQLite, the embedded default backend, with the same schema and behaviour as PostgreSQL:
+//! its `Dialect` and connecting to it. Every statement is in `sql/`.
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::shared::shared_store;
-use super::StoreError;
+use super::dialect::{Dialect, Lock};
+use super::{SqlStore, StoreError};
 use crate::time::Timestamp;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-pub struct SqliteStore {
-    pool: SqlitePool,
-}
-
-// Dialect hooks for `shared_store!`.
-type Db = Sqlite;
-/// Timestamps are TEXT in the RFC 3339 form sqlx writes for `DateTime<Utc>` (always `+00:00`,
-/// 0, 3, 6 or 9 fraction digits), which sorts as the instants do: comparing the text in SQL is
-/// comparing the times. The old tables' columns are no different here.
-type LegacyTs = Timestamp;
-const TOKEN_TYPE: &str = "";
-const ACCESS_STATUS: &str = "";
-const JSONB: &str = "";
-/// One writer at a time: the `UPDATE … WHERE id = (SELECT …)` claim is atomic as it is.
-const SKIP_LOCKED: &str = "";
-/// Rows cannot be locked one by one: the write transaction already excludes other writers.
-const FOR_UPDATE: &str = "";
-
-fn legacy(t: Timestamp) -> LegacyTs {
-    t
-}
-
-fn from_legacy(t: LegacyTs) -> Timestamp {
-    t
-}
-
-/// Nothing to lock: `BEGIN IMMEDIATE` already makes writers queue one at a time.
-async fn lock_keys(
-    _tx: &mut Transaction<'_, Sqlite>,
-    _keys: &[(i32, String)],
-) -> Result<(), StoreError> {
-    Ok(())
-}
+pub type SqliteStore = SqlStore<Sqlite>;
 
 /// Under WAL a deferred transaction that reads before it writes fails with SQLITE_BUSY
 /// (no busy-handler retry) when another writer committed in between; taking the write lock
 /// up front makes writers queue on `busy_timeout` instead.
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
-/// Unique violations become the conflict they mean; everything else stays a database error.
-/// SQLite names no constraint, only the message does: `UNIQUE constraint failed: index
-/// 'users_username_lower_key'` (or `users.username` for a column constraint).
-fn conflict(e: sqlx::Error) -> StoreError {
-    if let sqlx::Error::Database(db) = &e {
-        if db.is_unique_violation() {
-            let message = db.message();
-            if message.contains("username") {
-                return StoreError::UsernameTaken;
-            }
-            if message.contains("email") {
-                return StoreError::EmailTaken;
+impl Dialect for Sqlite {
+    /// Timestamps are TEXT in the RFC 3339 form sqlx writes for `DateTime<Utc>` (always
+    /// `+00:00`, 0, 3, 6 or 9 fraction digits), which sorts as the instants do: comparing the
+    /// text in SQL is comparing the times. The old tables' columns are no different here.
+    type LegacyTs = Timestamp;
+
+    const TOKEN_TYPE: &'static str = "";
+    const ACCESS_STATUS: &'static str = "";
+    const JSONB: &'static str = "";
+    /// One writer at a time: the `UPDATE … WHERE id = (SELECT …)` claim is atomic as it is.
+    const SKIP_LOCKED: &'static str = "";
+    /// Rows cannot be locked one by one: the write transaction already excludes other writers.
+    const FOR_UPDATE: &'static str = "";
+
+    fn legacy(t: Timestamp) -> Timestamp {
+        t
+    }
+
+    fn from_legacy(t: Timestamp) -> Timestamp {
+        t
+    }
+
+    /// SQLite names no constraint, only the message does: `UNIQUE constraint failed: index
+    /// 'users_username_lower_key'` (or `users.username` for a column constraint).
+    fn rows_affected(done: &sqlx::sqlite::SqliteQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    fn conflict(e: sqlx::Error) -> StoreError {
+        if let sqlx::Error::Database(db) = &e {
+            if db.is_unique_violation() {
+                let message = db.message();
+                if message.contains("username") {
+                    return StoreError::UsernameTaken;
+                }
+                if message.contains("email") {
+                    return StoreError::EmailTaken;
+                }
             }
         }
+        StoreError::Database(e)
     }
-    StoreError::Database(e)
+
+    async fn begin_write(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        Ok(pool.begin_with(BEGIN_WRITE).await?)
+    }
+
+    /// Nothing to lock: `BEGIN IMMEDIATE` already makes writers queue one at a time.
+    async fn lock(_tx: &mut Transaction<'_, Sqlite>, _locks: &[Lock]) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
-impl SqliteStore {
-    /// `sqlite://relative/path.db`, `sqlite:///absolute/path.db` or `sqlite:path.db`; the
-    /// file and its folder are created if missing.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        if !(url.contains(":memory:") || url.contains("mode=memory")) {
-            keep_private(options.get_filename())?;
-        }
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
-            .await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+/// `sqlite://relative/path.db`, `sqlite:///absolute/path.db` or `sqlite:path.db`; the file
+/// and its folder are created if missing, the schema brought up to date.
+pub async fn connect(url: &str) -> Result<SqliteStore, StoreError> {
+    let options = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true);
+    if !(url.contains(":memory:") || url.contains("mode=memory")) {
+        keep_private(options.get_filename())?;
     }
-
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
-    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        Ok(self.pool.begin_with(BEGIN_WRITE).await?)
-    }
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await?;
+    MIGRATOR.run(&pool).await?;
+    Ok(SqlStore::new(pool))
 }
 
 /// The database holds password hashes and session digests: its folder (if we make it) is
@@ -123,17 +116,22 @@ fn keep_private(database: &std::path::Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-shared_store!(SqliteStore);
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{DisplayName, Email, Phone, SessionId, UserId, UserUid, Username};
+    use crate::mail::templates::EmailKind;
+    use crate::store::{
+        AttemptOutcome, AttemptReservation, AttemptResult, CountedAs, NewEmail, NewSession,
+        NewToken, NewUser, ProfileChange, RateKey, RefreshOutcome, Reservation, Role, Rotation,
+        Store, TokenKind, User,
+    };
     use std::sync::Arc;
 
     async fn store(dir: &tempfile::TempDir) -> SqliteStore {
         // A missing folder on the way is created too.
         let url = format!("sqlite://{}", dir.path().join("data/authflow.db").display());
-        SqliteStore::connect(&url).await.unwrap()
+        connect(&url).await.unwrap()
     }
 
     fn token() -> NewToken {
@@ -146,7 +144,7 @@ mod tests {
 
     fn welcome() -> NewEmail {
         NewEmail {
-            kind: "welcome",
+            kind: EmailKind::Welcome,
             to: "someone@example.com".into(),
             subject: "Welcome".into(),
             text: "text".into(),
@@ -169,7 +167,7 @@ mod tests {
         let reservation = s
             .reserve_sign_in(&AttemptReservation {
                 identifier: "someone".into(),
-                counted_as: ["someone".into(), "someone".into()],
+                counted_as: CountedAs::Identifier("someone".into()),
                 ip: "127.0.0.1".into(),
                 limits: None,
                 since: session.now,
@@ -183,8 +181,7 @@ mod tests {
         };
         let outcome = AttemptOutcome {
             attempt_id,
-            success: true,
-            counted: true,
+            result: AttemptResult::Succeeded,
             ip: "127.0.0.1".into(),
             now: session.now,
             account: None,
@@ -192,12 +189,16 @@ mod tests {
         s.start_session(session, &outcome).await.unwrap();
     }
 
+    fn sid(id: &str) -> SessionId {
+        SessionId::new(id)
+    }
+
     fn new_user(username: &str, email: &str) -> NewUser {
         NewUser {
-            uid: uuid::Uuid::new_v4().to_string(),
-            username: username.into(),
-            name: "Test User".into(),
-            email: email.into(),
+            uid: UserUid::new(uuid::Uuid::new_v4().to_string()),
+            username: Username::parse(username).unwrap(),
+            name: DisplayName::parse("Test User").unwrap(),
+            email: Email::parse(email).unwrap(),
             phone: None,
             password_hash: "hash".into(),
             role: Role::User,
@@ -207,7 +208,7 @@ mod tests {
 
     fn new_session(user: &User, id: &str, now: Timestamp) -> NewSession {
         NewSession {
-            id: id.into(),
+            id: SessionId::new(id),
             user_db_id: user.db_id,
             cookie_hash: format!("cookie-{id}"),
             refresh_hash: format!("refresh-{id}"),
@@ -240,20 +241,39 @@ mod tests {
         // One call two hours ago, two now: with a limit of 2 per hour, the third is refused.
         for at in [two_hours_ago, now, now] {
             let refused = s
-                .take_rate_limit("signup", &[("ip:1", 2)], at - hour, at)
+                .take_rate_limit(
+                    "signup",
+                    &[RateKey {
+                        key: "ip:1",
+                        limit: 2,
+                    }],
+                    at - hour,
+                    at,
+                )
                 .await
                 .unwrap();
             assert!(refused.is_none());
         }
         let refused = s
-            .take_rate_limit("signup", &[("ip:1", 2)], now - hour, now)
+            .take_rate_limit(
+                "signup",
+                &[RateKey {
+                    key: "ip:1",
+                    limit: 2,
+                }],
+                now - hour,
+                now,
+            )
             .await
             .unwrap();
         assert!(refused.is_some());
         // A key that is never used again keeps its rows until the prune.
         s.take_rate_limit(
             "signup",
-            &[("ip:2", 2)],
+            &[RateKey {
+                key: "ip:2",
+                limit: 2,
+            }],
             two_hours_ago - hour,
             two_hours_ago,
         )
@@ -273,7 +293,7 @@ mod tests {
         let first = store(&dir).await;
         first
             .create_user(
-                &new_user("alice", "alice@example.com"),
+                &new_user("alice1", "alice@example.com"),
                 &token(),
                 &welcome(),
             )
@@ -282,7 +302,7 @@ mod tests {
         first.pool().close().await;
         let second = store(&dir).await;
         second.ping().await.unwrap();
-        assert!(second.find_credentials("alice").await.unwrap().is_some());
+        assert!(second.find_credentials("alice1").await.unwrap().is_some());
         let roles: Vec<(String,)> = sqlx::query_as("SELECT name FROM roles ORDER BY name")
             .fetch_all(second.pool())
             .await
@@ -296,7 +316,7 @@ mod tests {
         let s = store(&dir).await;
         let alice = s
             .create_user(
-                &new_user("Alice", "alice@example.com"),
+                &new_user("Alice1", "alice@example.com"),
                 &token(),
                 &welcome(),
             )
@@ -305,7 +325,7 @@ mod tests {
         assert_eq!(alice.role, Role::User);
         let e = s
             .create_user(
-                &new_user("aLICE", "other@example.com"),
+                &new_user("aLICE1", "other@example.com"),
                 &token(),
                 &welcome(),
             )
@@ -313,12 +333,16 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, StoreError::UsernameTaken), "{e:?}");
         let e = s
-            .create_user(&new_user("bob", "ALICE@example.COM"), &token(), &welcome())
+            .create_user(
+                &new_user("bobby1", "ALICE@example.COM"),
+                &token(),
+                &welcome(),
+            )
             .await
             .unwrap_err();
         assert!(matches!(e, StoreError::EmailTaken), "{e:?}");
         // Both found by the lower-cased identifier.
-        let c = s.find_credentials("alice").await.unwrap().unwrap();
+        let c = s.find_credentials("alice1").await.unwrap().unwrap();
         assert_eq!(c.user.db_id, alice.db_id);
         assert_eq!(c.user.created_at, alice.created_at);
         assert_eq!(c.password_hash, "hash");
@@ -330,7 +354,7 @@ mod tests {
         let admin = s
             .create_user_plain(&NewUser {
                 role: Role::Admin,
-                ..new_user("root", "root@example.com")
+                ..new_user("rooted", "root@example.com")
             })
             .await
             .unwrap();
@@ -345,7 +369,7 @@ mod tests {
         let s = store(&dir).await;
         let u = s
             .create_user(
-                &new_user("carol", "carol@example.com"),
+                &new_user("carol1", "carol@example.com"),
                 &token(),
                 &welcome(),
             )
@@ -355,15 +379,15 @@ mod tests {
             .update_profile(
                 u.db_id,
                 &ProfileChange {
-                    name: Some("Carol C".into()),
-                    phone: Some(Some("+123".into())),
+                    name: Some(DisplayName::parse("Carol C").unwrap()),
+                    phone: Some(Phone::parse("+1234").unwrap()),
                 },
             )
             .await
             .unwrap();
         assert_eq!(
             (changed.name.as_str(), changed.phone.as_deref()),
-            ("Carol C", Some("+123"))
+            ("Carol C", Some("+1234"))
         );
         let changed = s
             .update_profile(
@@ -384,13 +408,13 @@ mod tests {
                 .unwrap();
         assert!(updated_at.is_some());
         assert!(matches!(
-            s.update_profile(u.db_id + 100, &ProfileChange::default())
+            s.update_profile(UserId::new(u.db_id.get() + 100), &ProfileChange::default())
                 .await,
             Err(StoreError::NotFound)
         ));
 
         start(&s, &new_session(&u, "s1", crate::time::now())).await;
-        for who in ["carol", "carol@example.com", "someone-else"] {
+        for who in ["carol1", "carol@example.com", "someone-else"] {
             sqlx::query(
                 "INSERT INTO login_attempts (ip_address, email_or_username) VALUES ('1.2.3.4', $1)",
             )
@@ -425,15 +449,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir).await;
         let u = s
-            .create_user(&new_user("dave", "dave@example.com"), &token(), &welcome())
+            .create_user(
+                &new_user("dave01", "dave@example.com"),
+                &token(),
+                &welcome(),
+            )
             .await
             .unwrap();
         let now = crate::time::now();
         let ns = new_session(&u, "s1", now);
         start(&s, &ns).await;
 
-        let by_id = s.session_by_id("s1", now).await.unwrap().unwrap();
-        assert_eq!(by_id.session.id, "s1");
+        let by_id = s.session_by_id(&sid("s1"), now).await.unwrap().unwrap();
+        assert_eq!(by_id.session.id.as_str(), "s1");
         assert_eq!(by_id.session.created_at, now);
         assert_eq!(by_id.session.expires_at, ns.expires_at);
         assert_eq!(by_id.session.user_agent.as_deref(), Some("tests"));
@@ -444,19 +472,19 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(by_cookie.session.id, "s1");
+        assert_eq!(by_cookie.session.id.as_str(), "s1");
         assert!(s.session_by_cookie("nope", now).await.unwrap().is_none());
         // Expired at its end.
         assert!(s
-            .session_by_id("s1", ns.expires_at)
+            .session_by_id(&sid("s1"), ns.expires_at)
             .await
             .unwrap()
             .is_none());
 
         let later = now + chrono::Duration::seconds(5);
-        s.touch_session("s1", later).await.unwrap();
-        s.touch_session("s1", now).await.unwrap(); // never moves back
-        let touched = s.session_by_id("s1", later).await.unwrap().unwrap();
+        s.touch_session(&sid("s1"), later).await.unwrap();
+        s.touch_session(&sid("s1"), now).await.unwrap(); // never moves back
+        let touched = s.session_by_id(&sid("s1"), later).await.unwrap().unwrap();
         assert_eq!(touched.session.last_used_at, later);
 
         start(&s, &new_session(&u, "s2", later)).await;
@@ -465,12 +493,12 @@ mod tests {
             .await
             .unwrap()
             .into_iter()
-            .map(|x| x.id)
+            .map(|x| x.id.to_string())
             .collect();
         assert_eq!(ids, vec!["s2", "s1"]);
-        assert!(s.revoke_session(u.db_id, "s1", later).await.unwrap());
-        assert!(!s.revoke_session(u.db_id, "s1", later).await.unwrap());
-        assert!(s.session_by_id("s1", later).await.unwrap().is_none());
+        assert!(s.revoke_session(u.db_id, &sid("s1"), later).await.unwrap());
+        assert!(!s.revoke_session(u.db_id, &sid("s1"), later).await.unwrap());
+        assert!(s.session_by_id(&sid("s1"), later).await.unwrap().is_none());
         assert_eq!(
             s.revoke_all_sessions(u.db_id, false, later).await.unwrap(),
             1
@@ -484,7 +512,7 @@ mod tests {
             .execute(s.pool())
             .await
             .unwrap();
-        assert!(s.session_by_id("s3", later).await.unwrap().is_none());
+        assert!(s.session_by_id(&sid("s3"), later).await.unwrap().is_none());
     }
 
     #[tokio::test]
@@ -492,7 +520,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir).await;
         let u = s
-            .create_user(&new_user("erin", "erin@example.com"), &token(), &welcome())
+            .create_user(
+                &new_user("erin01", "erin@example.com"),
+                &token(),
+                &welcome(),
+            )
             .await
             .unwrap();
         let now = crate::time::now();
@@ -503,7 +535,7 @@ mod tests {
         let RefreshOutcome::Rotated(su) = s.rotate_refresh_token(&r).await.unwrap() else {
             panic!("expected Rotated");
         };
-        assert_eq!(su.session.id, "s1");
+        assert_eq!(su.session.id.as_str(), "s1");
         assert_eq!(su.session.last_used_at, later);
         assert_eq!(su.session.expires_at, r.expires_at);
         assert_eq!(su.user.db_id, u.db_id);
@@ -523,7 +555,7 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(replay, RefreshOutcome::Reused), "{replay:?}");
-        assert!(s.session_by_id("s1", later).await.unwrap().is_none());
+        assert!(s.session_by_id(&sid("s1"), later).await.unwrap().is_none());
         // The newest token of a revoked session is no good either, and is not spent by trying.
         let after = s
             .rotate_refresh_token(&rotation("r2", "r4", later))
@@ -549,7 +581,7 @@ mod tests {
         let s = Arc::new(store(&dir).await);
         let u = s
             .create_user(
-                &new_user("frank", "frank@example.com"),
+                &new_user("frank1", "frank@example.com"),
                 &token(),
                 &welcome(),
             )
@@ -577,7 +609,7 @@ mod tests {
                 }
             }
             assert_eq!((rotated, reused, refused), (1, 1, 6), "round {round}");
-            assert!(s.session_by_id(&id, now).await.unwrap().is_none());
+            assert!(s.session_by_id(&sid(&id), now).await.unwrap().is_none());
         }
     }
 }

@@ -1,0 +1,326 @@
+//! Sessions: opening one with its first refresh token, finding, rotating, listing, revoking.
+
+use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Transaction, Type};
+
+use super::rows::{SessionRow, SessionUserRow, SESSION_COLUMNS, USER_COLUMNS};
+use super::{SqlStore, Value};
+use crate::domain::{SessionId, UserId};
+use crate::store::dialect::{Dialect, LegacyTime};
+use crate::store::{
+    AttemptOutcome, LocationLogId, NewSession, RefreshOutcome, Rotation, Session, SessionUser,
+    StoreError,
+};
+use crate::time::Timestamp;
+
+/// How a session is looked up.
+#[derive(Clone, Copy)]
+enum SessionKey {
+    Id,
+    CookieHash,
+}
+
+impl SessionKey {
+    fn column(self) -> &'static str {
+        match self {
+            SessionKey::Id => "s.session_id",
+            SessionKey::CookieHash => "s.cookie_hash",
+        }
+    }
+}
+
+/// A refresh token that could not be claimed: its session, and when it was used.
+#[derive(sqlx::FromRow)]
+struct SpentToken {
+    session_id: SessionId,
+    used_at: Option<Timestamp>,
+}
+
+impl<DB> SqlStore<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    String: Value<DB>,
+    i64: Value<DB>,
+    i32: Value<DB>,
+    bool: Value<DB>,
+    Timestamp: Value<DB>,
+    Option<String>: Value<DB>,
+    Option<bool>: Value<DB>,
+    Option<Timestamp>: Value<DB>,
+    for<'a> &'a str: ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+{
+    pub(super) async fn start_session(
+        &self,
+        s: &NewSession,
+        attempt: &AttemptOutcome,
+    ) -> Result<Option<LocationLogId>, StoreError> {
+        let mut tx = DB::begin_write(&self.pool).await?;
+        sqlx::query(
+            "INSERT INTO auth_sessions (session_id, user_id, cookie_hash, created_at, last_used_at, \
+             expires_at, ip_address, user_agent) VALUES ($1, $2, $3, $4, $4, $5, $6, $7)",
+        )
+        .bind(&s.id)
+        .bind(s.user_db_id)
+        .bind(&s.cookie_hash)
+        .bind(s.now)
+        .bind(s.expires_at)
+        .bind(&s.ip)
+        .bind(&s.user_agent)
+        .execute(&mut *tx)
+        .await?;
+        Self::insert_refresh_token(&mut tx, &s.refresh_hash, &s.id, s.now).await?;
+        sqlx::query("UPDATE users SET last_login = $2 WHERE user_db_id = $1")
+            .bind(s.user_db_id)
+            .bind(LegacyTime(s.now))
+            .execute(&mut *tx)
+            .await?;
+        let log_id = Self::record_outcome(&mut tx, attempt).await?;
+        tx.commit().await?;
+        Ok(log_id)
+    }
+
+    pub(super) async fn session_by_id(
+        &self,
+        session_id: &SessionId,
+        now: Timestamp,
+    ) -> Result<Option<SessionUser>, StoreError> {
+        self.active_session(SessionKey::Id, session_id.as_str(), now)
+            .await
+    }
+
+    pub(super) async fn session_by_cookie(
+        &self,
+        cookie_hash: &str,
+        now: Timestamp,
+    ) -> Result<Option<SessionUser>, StoreError> {
+        self.active_session(SessionKey::CookieHash, cookie_hash, now)
+            .await
+    }
+
+    /// The session if it is neither revoked nor expired at `now` and its user is active.
+    async fn active_session(
+        &self,
+        by: SessionKey,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<Option<SessionUser>, StoreError> {
+        let condition = by.column();
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS}, {USER_COLUMNS} FROM auth_sessions s \
+             JOIN users u ON u.user_db_id = s.user_id LEFT JOIN roles r ON r.role_id = u.role_id \
+             WHERE {condition} = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 \
+             AND COALESCE(u.active, TRUE)"
+        );
+        let row: Option<SessionUserRow> = sqlx::query_as(&sql)
+            .bind(key)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(Into::into))
+    }
+
+    pub(super) async fn rotate_refresh_token(
+        &self,
+        r: &Rotation,
+    ) -> Result<RefreshOutcome, StoreError> {
+        // The first to claim the token wins (a row lock on PostgreSQL, one writer at a time
+        // on SQLite); every later one finds it used.
+        let mut tx = DB::begin_write(&self.pool).await?;
+        let claimed: Option<(SessionId,)> = sqlx::query_as(
+            "UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL \
+             RETURNING session_id",
+        )
+        .bind(&r.old_refresh_hash)
+        .bind(r.now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let session_id = match claimed {
+            Some((session_id,)) => session_id,
+            None => {
+                let spent: Option<SpentToken> = sqlx::query_as(
+                    "SELECT session_id, used_at FROM refresh_tokens WHERE token_hash = $1",
+                )
+                .bind(&r.old_refresh_hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(SpentToken {
+                    session_id,
+                    used_at,
+                }) = spent
+                else {
+                    return Ok(RefreshOutcome::Invalid);
+                };
+                // Rotated moments ago: the same client retrying (two tabs, a lost answer) is
+                // given a fresh token for the same session.
+                if used_at.is_none_or(|at| at <= r.grace_since) {
+                    let revoked = sqlx::query(
+                        "UPDATE auth_sessions SET revoked_at = $2 WHERE session_id = $1 \
+                         AND revoked_at IS NULL AND expires_at > $2",
+                    )
+                    .bind(&session_id)
+                    .bind(r.now)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    // A replay kills a live session; a session already over just refuses it.
+                    return Ok(if DB::rows_affected(&revoked) > 0 {
+                        RefreshOutcome::Reused
+                    } else {
+                        RefreshOutcome::Invalid
+                    });
+                }
+                session_id
+            }
+        };
+        let started: Option<(Timestamp,)> =
+            sqlx::query_as("SELECT created_at FROM auth_sessions WHERE session_id = $1")
+                .bind(&session_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((started,)) = started else {
+            return Ok(RefreshOutcome::Invalid);
+        };
+        // Sliding, but never past the absolute lifetime from sign-in.
+        let expires_at = r.expires_at.min(started + r.max_age);
+        // SQLite's RETURNING cannot name the FROM tables, so the row is read back after.
+        let done = sqlx::query(
+            "UPDATE auth_sessions AS s SET cookie_hash = $2, last_used_at = $3, expires_at = $4 \
+             FROM users u \
+             WHERE s.session_id = $1 AND u.user_db_id = s.user_id AND s.revoked_at IS NULL \
+             AND s.expires_at > $3 AND $4 > $3 AND COALESCE(u.active, TRUE)",
+        )
+        .bind(&session_id)
+        .bind(&r.new_cookie_hash)
+        .bind(r.now)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        if DB::rows_affected(&done) == 0 {
+            // Dropping the transaction rolls back the claim, as on PostgreSQL.
+            return Ok(RefreshOutcome::Invalid);
+        }
+        let Some(row) = Self::session_user_in(&mut tx, &session_id).await? else {
+            return Ok(RefreshOutcome::Invalid);
+        };
+        Self::insert_refresh_token(&mut tx, &r.new_refresh_hash, &session_id, r.now).await?;
+        tx.commit().await?;
+        Ok(RefreshOutcome::Rotated(Box::new(row.into())))
+    }
+
+    /// The session with its user, unfiltered: for reading back a row just updated.
+    async fn session_user_in(
+        tx: &mut Transaction<'_, DB>,
+        session_id: &SessionId,
+    ) -> Result<Option<SessionUserRow>, StoreError> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS}, {USER_COLUMNS} FROM auth_sessions s \
+             JOIN users u ON u.user_db_id = s.user_id LEFT JOIN roles r ON r.role_id = u.role_id \
+             WHERE s.session_id = $1"
+        );
+        Ok(sqlx::query_as(&sql)
+            .bind(session_id)
+            .fetch_optional(&mut **tx)
+            .await?)
+    }
+
+    async fn insert_refresh_token(
+        tx: &mut Transaction<'_, DB>,
+        hash: &str,
+        session_id: &SessionId,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(hash)
+        .bind(session_id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn touch_session(
+        &self,
+        session_id: &SessionId,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE auth_sessions SET last_used_at = $2 WHERE session_id = $1 AND last_used_at < $2",
+        )
+        .bind(session_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn list_sessions(
+        &self,
+        user_db_id: UserId,
+        now: Timestamp,
+    ) -> Result<Vec<Session>, StoreError> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM auth_sessions s WHERE s.user_id = $1 \
+             AND s.revoked_at IS NULL AND s.expires_at > $2 ORDER BY s.created_at DESC"
+        );
+        let rows: Vec<SessionRow> = sqlx::query_as(&sql)
+            .bind(user_db_id)
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    pub(super) async fn revoke_session(
+        &self,
+        user_db_id: UserId,
+        session_id: &SessionId,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE auth_sessions SET revoked_at = $3 WHERE user_id = $1 AND session_id = $2 \
+             AND revoked_at IS NULL AND expires_at > $3",
+        )
+        .bind(user_db_id)
+        .bind(session_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(DB::rows_affected(&done) > 0)
+    }
+
+    pub(super) async fn revoke_all_sessions(
+        &self,
+        user_db_id: UserId,
+        api_keys: bool,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let mut tx = DB::begin_write(&self.pool).await?;
+        let ended = Self::revoke_sessions_in(&mut tx, user_db_id, now).await?;
+        if api_keys {
+            Self::delete_api_keys_in(&mut tx, user_db_id).await?;
+        }
+        tx.commit().await?;
+        Ok(ended)
+    }
+
+    /// Every active session of the user ends, inside the caller's transaction.
+    pub(super) async fn revoke_sessions_in(
+        tx: &mut Transaction<'_, DB>,
+        user_db_id: UserId,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE auth_sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(user_db_id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        Ok(DB::rows_affected(&done))
+    }
+}
