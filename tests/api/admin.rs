@@ -1,12 +1,11 @@
 //! Roles, administration and API keys.
 
-use std::process::Command;
-
-use reqwest::{Method, Response};
-use serde_json::{json, Value};
+use reqwest::Method;
+use serde_json::json;
 
 use crate::both_backends;
-use crate::helpers::{assert_error, Backend, TestApp, TestDb, PASSWORD};
+use crate::helpers::{assert_error, eventually, parse, Backend, TestApp, TestUser, WAIT};
+use crate::responses::{CreatedAccount, User, UserList};
 
 both_backends!(
     create_admin_command_creates_and_promotes,
@@ -18,92 +17,30 @@ both_backends!(
     write_keys_change_accounts_but_not_roles_nor_their_owner,
 );
 
-/// Runs `authflow create-admin` against the test's database; its stdout is the id.
-fn create_admin(
-    app: &TestApp,
-    username: &str,
-    email: &str,
-    password: &str,
-) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_authflow"))
-        .args([
-            "create-admin",
-            "--username",
-            username,
-            "--email",
-            email,
-            "--name",
-            "Ada Admin",
-        ])
-        .env_clear()
-        .env("DATABASE_URL", app.database_url())
-        .env("JWT_SECRET", crate::helpers::SECRET)
-        .env("DATA_DIR", app.data_dir())
-        .env("ADMIN_PASSWORD", password)
-        .output()
-        .unwrap()
-}
-
-/// An administrator made with the command, signed in: the sign-in answer.
-async fn admin_session(app: &TestApp, username: &str) -> Value {
-    let out = create_admin(app, username, &format!("{username}@example.com"), PASSWORD);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    app.sign_in(username, PASSWORD).await
-}
-
-async fn with_key(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    key: &str,
-    body: Option<Value>,
-) -> Response {
-    let mut req = app
-        .client
-        .request(method, app.url(path))
-        .header("x-api-key", key);
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    req.send().await.unwrap()
-}
-
-async fn new_key(app: &TestApp, token: &str, mut body: Value) -> Value {
-    if body.get("password").is_none() {
-        body["password"] = json!(PASSWORD);
-    }
-    let r = app
-        .request(Method::POST, "/api/keys", Some(token), Some(body))
-        .await;
-    assert_eq!(r.status(), 201);
-    r.json().await.unwrap()
-}
-
 async fn create_admin_command_creates_and_promotes(backend: Backend) {
-    let Some(app) = TestApp::spawn(backend).await else {
-        return;
-    };
-    let out = create_admin(&app, "root.admin", "root@example.com", PASSWORD);
+    let app = TestApp::spawn(backend).await;
+    let root = TestUser::new();
+    let out = app.run_create_admin(&root);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let session = app.sign_in("root.admin", PASSWORD).await;
-    assert_eq!(session["userId"], id.as_str());
-    assert_eq!(session["role"], "admin");
-    assert_eq!(session["name"], "Ada Admin");
+    let admin = app.sign_in(&root).await;
+    assert_eq!(admin.user_id, id);
+    assert_eq!(admin.role, "admin");
+    assert_eq!(admin.name, "Ada Admin");
     // The operator who ran the command vouches for the address.
-    assert_eq!(session["user"]["email_verified"], true);
+    assert!(admin.user.email_verified);
 
     // An existing account is promoted, keeping its id; its sessions end (the role changed).
-    let user = app.signed_in_user("plain.user").await;
-    let out = create_admin(&app, "PLAIN.user", "ignored@example.com", "ignored");
+    let (plain, tokens) = app.signed_in_user().await;
+    let promoted = TestUser {
+        password: "ignored".to_owned(),
+        ..TestUser::named(&plain.username.to_uppercase()).with_email("ignored@example.com")
+    };
+    let out = app.run_create_admin(&promoted);
     assert!(
         out.status.success(),
         "{}",
@@ -111,21 +48,20 @@ async fn create_admin_command_creates_and_promotes(backend: Backend) {
     );
     assert_eq!(
         String::from_utf8(out.stdout).unwrap().trim(),
-        user["userId"].as_str().unwrap()
+        tokens.user_id
     );
-    app.assert_signed_out(user["token"].as_str().unwrap()).await;
-    assert_eq!(app.sign_in("plain.user", PASSWORD).await["role"], "admin");
+    app.assert_signed_out(&tokens.token).await;
+    assert_eq!(app.sign_in(&plain).await.role, "admin");
 
     // A weak password is refused with the reason, and nothing is created.
-    let out = create_admin(&app, "weak.admin", "weak@example.com", "password1");
+    let weak = TestUser {
+        password: "password1".to_owned(),
+        ..TestUser::new()
+    };
+    let out = app.run_create_admin(&weak);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("password"));
-    let r = app
-        .post(
-            "/api/auth/signin",
-            json!({"username": "weak.admin", "password": "password1"}),
-        )
-        .await;
+    let r = app.try_sign_in(&weak.username, &weak.password).await;
     assert_error(r, 401, "invalid_credentials").await;
 
     // An administrator may create administrators through create-account.
@@ -133,22 +69,19 @@ async fn create_admin_command_creates_and_promotes(backend: Backend) {
         .request(
             Method::POST,
             "/api/users/create-account",
-            session["token"].as_str(),
+            Some(&admin.token),
             Some(json!({"name": "Second Admin", "username": "second.admin", "email": "second@example.com",
-                        "password": PASSWORD, "role": "admin"})),
+                        "password": root.password, "role": "admin"})),
         )
         .await;
-    assert_eq!(r.status(), 201);
-    assert_eq!(r.json::<Value>().await.unwrap()["user"]["role"], "admin");
+    let created: CreatedAccount = parse(r, 201).await;
+    assert_eq!(created.user.role, "admin");
 }
 
 async fn non_admins_get_403_from_admin_routes_and_admin_scopes(backend: Backend) {
-    let Some(app) = TestApp::spawn(backend).await else {
-        return;
-    };
-    let user = app.signed_in_user("nosy.user").await;
-    let token = user["token"].as_str().unwrap();
-    let target = user["userId"].as_str().unwrap();
+    let app = TestApp::spawn(backend).await;
+    let (user, tokens) = app.signed_in_user().await;
+    let target = tokens.user_id.as_str();
     for (method, path) in [
         (Method::GET, "/api/users/users".to_owned()),
         (Method::GET, format!("/api/admin/users/{target}")),
@@ -160,7 +93,9 @@ async fn non_admins_get_403_from_admin_routes_and_admin_scopes(backend: Backend)
         ),
     ] {
         let body = (method == Method::PATCH).then(|| json!({"role": "admin"}));
-        let r = app.request(method.clone(), &path, Some(token), body).await;
+        let r = app
+            .request(method.clone(), &path, Some(&tokens.token), body)
+            .await;
         assert_error(r, 403, "forbidden").await;
     }
     assert_error(
@@ -171,39 +106,28 @@ async fn non_admins_get_403_from_admin_routes_and_admin_scopes(backend: Backend)
     .await;
     // A non-admin cannot make an admin-scoped key…
     let r = app
-        .request(
-            Method::POST,
-            "/api/keys",
-            Some(token),
-            Some(json!({"name": "x", "scopes": ["users:read"], "password": PASSWORD})),
-        )
+        .try_create_key(&tokens, json!({"name": "x", "scopes": ["users:read"]}))
         .await;
     assert_error(r, 403, "forbidden").await;
     let r = app
-        .request(
-            Method::POST,
-            "/api/keys",
-            Some(token),
-            Some(json!({"name": "x", "scopes": ["everything"], "password": PASSWORD})),
-        )
+        .try_create_key(&tokens, json!({"name": "x", "scopes": ["everything"]}))
         .await;
     assert_error(r, 400, "validation_failed").await;
     // …and a profile key reads the profile but nothing else, and manages nothing.
-    let created = new_key(&app, token, json!({"name": "my script"})).await;
-    assert_eq!(created["scopes"], json!(["profile:read"]));
-    let key = created["key"].as_str().unwrap();
+    let created = app.create_key(&tokens, json!({"name": "my script"})).await;
+    assert_eq!(created.scopes, ["profile:read"]);
+    let key = created.key.as_str();
     assert!(key.starts_with("afk_"));
-    let me = with_key(&app, Method::GET, "/api/users/me", key, None).await;
+    let me = app.with_key(key, Method::GET, "/api/users/me", None).await;
     assert_eq!(me.status(), 200);
     app.assert_signed_in(key).await;
-    assert_eq!(
-        with_key(&app, Method::GET, "/api/users/me/login-history", key, None)
-            .await
-            .status(),
-        200
-    );
+    let history = app
+        .with_key(key, Method::GET, "/api/users/me/login-history", None)
+        .await;
+    assert_eq!(history.status(), 200);
     assert_error(
-        with_key(&app, Method::GET, "/api/users/users", key, None).await,
+        app.with_key(key, Method::GET, "/api/users/users", None)
+            .await,
         403,
         "forbidden",
     )
@@ -213,12 +137,12 @@ async fn non_admins_get_403_from_admin_routes_and_admin_scopes(backend: Backend)
         (
             Method::POST,
             "/api/keys",
-            Some(json!({"name": "child", "password": PASSWORD})),
+            Some(json!({"name": "child", "password": user.password})),
         ),
         (
             Method::POST,
             "/api/password/change",
-            Some(json!({"current_password": PASSWORD, "new_password": "x y z w v u"})),
+            Some(json!({"current_password": user.password, "new_password": "x y z w v u"})),
         ),
         (Method::POST, "/api/auth/logout", None),
         (Method::POST, "/api/auth/logout-all", None),
@@ -231,334 +155,201 @@ async fn non_admins_get_403_from_admin_routes_and_admin_scopes(backend: Backend)
         (
             Method::DELETE,
             "/api/users/me",
-            Some(json!({"password": PASSWORD})),
+            Some(json!({"password": user.password})),
         ),
     ] {
-        let r = with_key(&app, method.clone(), path, key, body).await;
+        let r = app.with_key(key, method.clone(), path, body).await;
         assert_error(r, 403, "forbidden").await;
     }
-    app.assert_signed_in(token).await;
+    app.assert_signed_in(&tokens.token).await;
 }
 
 async fn admin_read_key_lists_but_cannot_change(backend: Backend) {
-    let Some(app) = TestApp::spawn(backend).await else {
-        return;
-    };
-    let admin = admin_session(&app, "read.admin").await;
+    let app = TestApp::spawn(backend).await;
+    let (_, admin) = app.signed_in_admin().await;
     for name in ["zed.alpha", "zed.beta", "other.gamma"] {
-        assert_eq!(
-            app.create_account(name, &format!("{name}@example.com"))
-                .await
-                .status(),
-            201
-        );
+        app.sign_up(&TestUser::named(name)).await;
     }
-    let key = new_key(
-        &app,
-        admin["token"].as_str().unwrap(),
-        json!({"name": "dashboard", "scopes": ["users:read"]}),
-    )
-    .await;
-    let key = key["key"].as_str().unwrap();
-
-    let r = with_key(
-        &app,
-        Method::GET,
-        "/api/users/users?page=1&per_page=2",
-        key,
-        None,
-    )
-    .await;
-    assert_eq!(r.status(), 200);
-    let page: Value = r.json().await.unwrap();
-    assert_eq!(page["total"], 4);
-    assert_eq!(page["per_page"], 2);
-    assert_eq!(page["users"].as_array().unwrap().len(), 2);
-    let page2: Value = with_key(
-        &app,
-        Method::GET,
-        "/api/users/users?page=2&per_page=2",
-        key,
-        None,
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
-    assert_eq!(page2["users"].as_array().unwrap().len(), 2);
-    assert_ne!(page["users"][0]["id"], page2["users"][0]["id"]);
-    let found: Value = with_key(&app, Method::GET, "/api/users/users?q=ZED", key, None)
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(found["total"], 2);
-    let none: Value = with_key(&app, Method::GET, "/api/users/users?q=%25", key, None)
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(none["total"], 0, "% is a character, not a wildcard");
-    assert_error(
-        with_key(
-            &app,
-            Method::GET,
-            "/api/users/users?per_page=1000",
-            key,
-            None,
+    let key = app
+        .create_key(
+            &admin,
+            json!({"name": "dashboard", "scopes": ["users:read"]}),
         )
-        .await,
-        400,
-        "validation_failed",
-    )
-    .await;
+        .await
+        .key;
+    let list = |query: &'static str| {
+        let (app, key) = (&app, &key);
+        async move {
+            app.with_key(key, Method::GET, &format!("/api/users/users{query}"), None)
+                .await
+        }
+    };
 
-    let target = found["users"][0]["id"].as_str().unwrap().to_owned();
-    let one = with_key(
-        &app,
-        Method::GET,
-        &format!("/api/admin/users/{target}"),
-        key,
-        None,
-    )
-    .await;
+    let page: UserList = parse(list("?page=1&per_page=2").await, 200).await;
+    assert_eq!(page.total, 4);
+    assert_eq!(page.per_page, 2);
+    assert_eq!(page.users.len(), 2);
+    let page2: UserList = parse(list("?page=2&per_page=2").await, 200).await;
+    assert_eq!(page2.users.len(), 2);
+    assert_ne!(page.users[0].id, page2.users[0].id);
+    let found: UserList = parse(list("?q=ZED").await, 200).await;
+    assert_eq!(found.total, 2);
+    let none: UserList = parse(list("?q=%25").await, 200).await;
+    assert_eq!(none.total, 0, "% is a character, not a wildcard");
+    assert_error(list("?per_page=1000").await, 400, "validation_failed").await;
+
+    let path = format!("/api/admin/users/{}", found.users[0].id);
+    let one = app.with_key(&key, Method::GET, &path, None).await;
     assert_eq!(one.status(), 200);
     assert_error(
-        with_key(&app, Method::GET, "/api/admin/users/nobody", key, None).await,
+        app.with_key(&key, Method::GET, "/api/admin/users/nobody", None)
+            .await,
         404,
         "not_found",
     )
     .await;
-    let r = with_key(
-        &app,
-        Method::PATCH,
-        &format!("/api/admin/users/{target}"),
-        key,
-        Some(json!({"active": false})),
-    )
-    .await;
+    let r = app
+        .with_key(&key, Method::PATCH, &path, Some(json!({"active": false})))
+        .await;
     assert_error(r, 403, "forbidden").await;
-    let r = with_key(
-        &app,
-        Method::DELETE,
-        &format!("/api/admin/users/{target}"),
-        key,
-        None,
-    )
-    .await;
+    let r = app.with_key(&key, Method::DELETE, &path, None).await;
     assert_error(r, 403, "forbidden").await;
     assert_eq!(
-        with_key(
-            &app,
-            Method::GET,
-            &format!("/api/admin/users/{target}"),
-            key,
-            None
-        )
-        .await
-        .status(),
+        app.with_key(&key, Method::GET, &path, None).await.status(),
         200
     );
 }
 
 async fn admins_change_deactivate_and_delete_accounts(backend: Backend) {
-    let Some(app) = TestApp::spawn(backend).await else {
-        return;
-    };
-    let admin = admin_session(&app, "boss.admin").await;
-    let token = admin["token"].as_str().unwrap();
-    let user = app.signed_in_user("managed.user").await;
-    let id = user["userId"].as_str().unwrap();
-    let path = format!("/api/admin/users/{id}");
+    let app = TestApp::spawn(backend).await;
+    let (_, admin) = app.signed_in_admin().await;
+    let (user, tokens) = app.signed_in_user().await;
+    let id = tokens.user_id.as_str();
 
     let r = app
-        .request(
+        .admin(
+            &admin,
             Method::PATCH,
-            &path,
-            Some(token),
+            id,
+            "",
             Some(json!({"email_verified": true})),
         )
         .await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<Value>().await.unwrap()["email_verified"], true);
-    app.assert_signed_in(user["token"].as_str().unwrap()).await;
+    assert!(parse::<User>(r, 200).await.email_verified);
+    app.assert_signed_in(&tokens.token).await;
     let r = app
-        .request(
+        .admin(
+            &admin,
             Method::PATCH,
-            &path,
-            Some(token),
+            id,
+            "",
             Some(json!({"role": "superuser"})),
         )
         .await;
     assert_error(r, 400, "invalid_body").await;
 
     let r = app
-        .request(
-            Method::POST,
-            &format!("{path}/logout-all"),
-            Some(token),
-            None,
-        )
+        .admin(&admin, Method::POST, id, "/logout-all", None)
         .await;
     assert_eq!(r.status(), 200);
-    app.assert_signed_out(user["token"].as_str().unwrap()).await;
+    app.assert_signed_out(&tokens.token).await;
 
     // An administrator cannot lock themselves out.
-    let own = format!("/api/admin/users/{}", admin["userId"].as_str().unwrap());
+    let own = admin.user_id.as_str();
     let r = app
-        .request(
+        .admin(
+            &admin,
             Method::PATCH,
-            &own,
-            Some(token),
+            own,
+            "",
             Some(json!({"role": "user"})),
         )
         .await;
     assert_error(r, 403, "forbidden").await;
     assert_error(
-        app.request(Method::DELETE, &own, Some(token), None).await,
+        app.admin(&admin, Method::DELETE, own, "", None).await,
         403,
         "forbidden",
     )
     .await;
 
     assert_eq!(
-        app.request(Method::DELETE, &path, Some(token), None)
+        app.admin(&admin, Method::DELETE, id, "", None)
             .await
             .status(),
         204
     );
     assert_error(
-        app.request(Method::GET, &path, Some(token), None).await,
+        app.admin(&admin, Method::GET, id, "", None).await,
         404,
         "not_found",
     )
     .await;
-    let r = app
-        .post(
-            "/api/auth/signin",
-            json!({"username": "managed.user", "password": PASSWORD}),
-        )
-        .await;
+    let r = app.try_sign_in(&user.username, &user.password).await;
     assert_error(r, 401, "invalid_credentials").await;
 }
 
 async fn revoked_keys_inactive_owners_and_changed_roles_are_refused_at_once(backend: Backend) {
-    let Some(app) = TestApp::spawn(backend).await else {
-        return;
-    };
-    let admin = admin_session(&app, "guard.admin").await;
-    let admin_token = admin["token"].as_str().unwrap();
-    let user = app.signed_in_user("keyed.user").await;
-    let user_token = user["token"].as_str().unwrap();
-    let first = new_key(&app, user_token, json!({"name": "one"})).await;
-    let second = new_key(&app, user_token, json!({"name": "two"})).await;
-    let first_key = first["key"].as_str().unwrap();
-    let second_key = second["key"].as_str().unwrap();
+    let app = TestApp::spawn(backend).await;
+    let (_, admin) = app.signed_in_admin().await;
+    let (_, user) = app.signed_in_user().await;
+    let first = app.create_key(&user, json!({"name": "one"})).await;
+    let second = app.create_key(&user, json!({"name": "two"})).await;
 
     // Deleted: refused at once; the other key keeps working.
-    let r = app
-        .request(
-            Method::DELETE,
-            &format!("/api/keys/{}", first["id"].as_str().unwrap()),
-            Some(user_token),
-            None,
-        )
-        .await;
-    assert_eq!(r.status(), 204);
-    assert_error(
-        with_key(&app, Method::GET, "/api/users/me", first_key, None).await,
-        401,
-        "unauthorized",
-    )
-    .await;
-    assert_eq!(
-        with_key(&app, Method::GET, "/api/users/me", second_key, None)
-            .await
-            .status(),
-        200
-    );
-    let r = app
-        .request(
-            Method::DELETE,
-            &format!("/api/keys/{}", first["id"].as_str().unwrap()),
-            Some(user_token),
-            None,
-        )
-        .await;
+    assert_eq!(app.delete_key(&user, &first.id).await.status(), 204);
+    assert_error(app.profile_with_key(&first.key).await, 401, "unauthorized").await;
+    assert_eq!(app.profile_with_key(&second.key).await.status(), 200);
+    let r = app.delete_key(&user, &first.id).await;
     assert_error(r, 404, "not_found").await;
     // A made-up secret for a real id is refused.
-    let forged = format!("{}_{}", &second_key[..20], "A".repeat(43));
-    assert_error(
-        with_key(&app, Method::GET, "/api/users/me", &forged, None).await,
-        401,
-        "unauthorized",
-    )
-    .await;
+    let forged = format!("{}_{}", &second.key[..20], "A".repeat(43));
+    assert_error(app.profile_with_key(&forged).await, 401, "unauthorized").await;
 
     // Deactivated owner: sessions and keys refused at once; reactivated: the key works again.
-    let path = format!("/api/admin/users/{}", user["userId"].as_str().unwrap());
-    let r = app
-        .request(
+    let set_active = |active: bool| {
+        app.admin(
+            &admin,
             Method::PATCH,
-            &path,
-            Some(admin_token),
-            Some(json!({"active": false})),
+            &user.user_id,
+            "",
+            Some(json!({ "active": active })),
         )
-        .await;
-    assert_eq!(r.status(), 200);
-    app.assert_signed_out(user_token).await;
-    assert_error(
-        with_key(&app, Method::GET, "/api/users/me", second_key, None).await,
-        401,
-        "unauthorized",
-    )
-    .await;
-    let r = app
-        .request(
-            Method::PATCH,
-            &path,
-            Some(admin_token),
-            Some(json!({"active": true})),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(
-        with_key(&app, Method::GET, "/api/users/me", second_key, None)
-            .await
-            .status(),
-        200
-    );
-    app.assert_signed_out(user_token).await;
+    };
+    assert_eq!(set_active(false).await.status(), 200);
+    app.assert_signed_out(&user.token).await;
+    assert_error(app.profile_with_key(&second.key).await, 401, "unauthorized").await;
+    assert_eq!(set_active(true).await.status(), 200);
+    assert_eq!(app.profile_with_key(&second.key).await.status(), 200);
+    app.assert_signed_out(&user.token).await;
 
     // A role change ends the sessions of that user at once, and a demoted admin's
     // users:* key stops reaching the admin routes.
-    let other = admin_session(&app, "other.admin").await;
-    let other_key = new_key(
-        &app,
-        other["token"].as_str().unwrap(),
-        json!({"name": "ops", "scopes": ["users:read"]}),
-    )
-    .await;
-    let other_key = other_key["key"].as_str().unwrap();
+    let (_, other) = app.signed_in_admin().await;
+    let other_key = app
+        .create_key(&other, json!({"name": "ops", "scopes": ["users:read"]}))
+        .await
+        .key;
     assert_eq!(
-        with_key(&app, Method::GET, "/api/users/users", other_key, None)
+        app.with_key(&other_key, Method::GET, "/api/users/users", None)
             .await
             .status(),
         200
     );
     let r = app
-        .request(
+        .admin(
+            &admin,
             Method::PATCH,
-            &format!("/api/admin/users/{}", other["userId"].as_str().unwrap()),
-            Some(admin_token),
+            &other.user_id,
+            "",
             Some(json!({"role": "user"})),
         )
         .await;
     assert_eq!(r.status(), 200);
-    app.assert_signed_out(other["token"].as_str().unwrap())
-        .await;
+    app.assert_signed_out(&other.token).await;
     assert_error(
-        with_key(&app, Method::GET, "/api/users/users", other_key, None).await,
+        app.with_key(&other_key, Method::GET, "/api/users/users", None)
+            .await,
         403,
         "forbidden",
     )
@@ -566,133 +357,89 @@ async fn revoked_keys_inactive_owners_and_changed_roles_are_refused_at_once(back
 }
 
 async fn keys_expire_record_use_and_are_never_stored_in_plain_text(backend: Backend) {
-    let Some(app) = TestApp::spawn(backend).await else {
-        return;
-    };
-    let user = app.signed_in_user("key.keeper").await;
-    let token = user["token"].as_str().unwrap();
-    let created = new_key(
-        &app,
-        token,
-        json!({"name": "expiring", "expires_in_days": 30}),
-    )
-    .await;
-    let key = created["key"].as_str().unwrap();
+    let app = TestApp::spawn(backend).await;
+    let (_, tokens) = app.signed_in_user().await;
+    let created = app
+        .create_key(&tokens, json!({"name": "expiring", "expires_in_days": 30}))
+        .await;
+    let key = created.key.as_str();
     let expires =
-        chrono::DateTime::parse_from_rfc3339(created["expires_at"].as_str().unwrap()).unwrap();
+        chrono::DateTime::parse_from_rfc3339(created.expires_at.as_deref().unwrap()).unwrap();
     let days = (expires.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_hours() as f64 / 24.0;
     assert!((29.9..=30.1).contains(&days), "{days}");
-    assert_eq!(
-        with_key(&app, Method::GET, "/api/users/me", key, None)
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(app.profile_with_key(key).await.status(), 200);
 
     // Listed without the secret, with when it was last used (recorded in the background).
-    let mut listed = Value::Null;
-    for _ in 0..50 {
-        listed = app.get_with("/api/keys", token).await.json().await.unwrap();
-        if listed["keys"][0]["last_used_at"].is_string() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(listed["keys"][0]["id"], created["id"]);
-    assert!(listed["keys"][0]["last_used_at"].is_string(), "{listed}");
-    assert!(!listed.to_string().contains(&key[21..]));
+    let listed = eventually("the key's use to be recorded", WAIT, || async {
+        let keys = app.keys(&tokens).await;
+        keys.keys[0].last_used_at.is_some().then_some(keys)
+    })
+    .await;
+    assert_eq!(listed.keys[0].id, created.id);
+    assert!(!format!("{listed:?}").contains(&key[21..]));
 
     let dump = app.db.dump().await;
-    assert!(dump.contains(created["id"].as_str().unwrap()));
+    assert!(dump.contains(&created.id));
     assert!(
         !dump.contains(key) && !dump.contains(&key[21..]),
         "an API key is stored in plain text"
     );
 
-    let past = chrono::Utc::now() - chrono::Duration::minutes(1);
-    match &app.db {
-        TestDb::Postgres(p) => sqlx::query("UPDATE api_keys SET expires_at = $1")
-            .bind(past)
-            .execute(p)
-            .await
-            .map(|_| ())
-            .unwrap(),
-        TestDb::Sqlite(p) => sqlx::query("UPDATE api_keys SET expires_at = $1")
-            .bind(past)
-            .execute(p)
-            .await
-            .map(|_| ())
-            .unwrap(),
-    }
-    assert_error(
-        with_key(&app, Method::GET, "/api/users/me", key, None).await,
-        401,
-        "unauthorized",
-    )
-    .await;
+    app.db.expire_all("api_keys").await;
+    assert_error(app.profile_with_key(key).await, 401, "unauthorized").await;
 }
 
 async fn write_keys_change_accounts_but_not_roles_nor_their_owner(backend: Backend) {
-    let Some(app) = TestApp::spawn(backend).await else {
-        return;
-    };
-    let admin = admin_session(&app, "write.admin").await;
-    let key = new_key(
-        &app,
-        admin["token"].as_str().unwrap(),
-        json!({"name": "ops", "scopes": ["users:write"]}),
-    )
-    .await;
-    let key = key["key"].as_str().unwrap();
-    let user = app.signed_in_user("written.user").await;
-    let path = format!("/api/admin/users/{}", user["userId"].as_str().unwrap());
+    let app = TestApp::spawn(backend).await;
+    let (_, admin) = app.signed_in_admin().await;
+    let key = app
+        .create_key(&admin, json!({"name": "ops", "scopes": ["users:write"]}))
+        .await
+        .key;
+    let (user, tokens) = app.signed_in_user().await;
+    let path = format!("/api/admin/users/{}", tokens.user_id);
 
     // users:write changes accounts (and reads them)…
-    let r = with_key(
-        &app,
-        Method::PATCH,
-        &path,
-        key,
-        Some(json!({"email_verified": true})),
-    )
-    .await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<Value>().await.unwrap()["email_verified"], true);
+    let r = app
+        .with_key(
+            &key,
+            Method::PATCH,
+            &path,
+            Some(json!({"email_verified": true})),
+        )
+        .await;
+    assert!(parse::<User>(r, 200).await.email_verified);
     assert_eq!(
-        with_key(&app, Method::GET, &path, key, None).await.status(),
+        app.with_key(&key, Method::GET, &path, None).await.status(),
         200
     );
+    let logout_all = format!("{path}/logout-all");
     assert_eq!(
-        with_key(&app, Method::POST, &format!("{path}/logout-all"), key, None)
+        app.with_key(&key, Method::POST, &logout_all, None)
             .await
             .status(),
         200
     );
-    app.assert_signed_out(user["token"].as_str().unwrap()).await;
+    app.assert_signed_out(&tokens.token).await;
     // …but never mints an administrator, and never manages its own owner.
-    let r = with_key(
-        &app,
-        Method::PATCH,
-        &path,
-        key,
-        Some(json!({"role": "admin"})),
-    )
-    .await;
+    let r = app
+        .with_key(&key, Method::PATCH, &path, Some(json!({"role": "admin"})))
+        .await;
     assert_error(r, 403, "forbidden").await;
-    assert_eq!(app.sign_in("written.user", PASSWORD).await["role"], "user");
-    let own = format!("/api/admin/users/{}", admin["userId"].as_str().unwrap());
+    assert_eq!(app.sign_in(&user).await.role, "user");
+    let own = format!("/api/admin/users/{}", admin.user_id);
     assert_error(
-        with_key(&app, Method::POST, &format!("{own}/logout-all"), key, None).await,
+        app.with_key(&key, Method::POST, &format!("{own}/logout-all"), None)
+            .await,
         403,
         "forbidden",
     )
     .await;
     assert_error(
-        with_key(
-            &app,
+        app.with_key(
+            &key,
             Method::PATCH,
             &own,
-            key,
             Some(json!({"email_verified": true})),
         )
         .await,
@@ -700,5 +447,5 @@ async fn write_keys_change_accounts_but_not_roles_nor_their_owner(backend: Backe
         "forbidden",
     )
     .await;
-    app.assert_signed_in(admin["token"].as_str().unwrap()).await;
+    app.assert_signed_in(&admin.token).await;
 }

@@ -4,9 +4,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::helpers::PASSWORD;
+use crate::helpers::{parse, PASSWORD};
+use crate::responses::{Message, Tokens, User};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -87,34 +88,31 @@ async fn a_bare_folder_is_all_it_needs_and_survives_a_restart() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 200);
-        r.json::<Value>().await.unwrap()
+        parse::<Tokens>(r, 200).await
     };
     let first = sign_in().await;
     let kept = sign_in().await;
-    let token = first["token"].as_str().unwrap();
     let me = client
         .get(url("/api/auth/me"))
-        .bearer_auth(token)
+        .bearer_auth(&first.token)
         .send()
         .await
         .unwrap();
     assert_eq!(me.status(), 200);
     let r = client
         .post(url("/api/auth/refresh"))
-        .json(&json!({"refresh_token": first["refresh_token"]}))
+        .json(&json!({"refresh_token": first.refresh_token}))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
-    let refreshed: Value = r.json().await.unwrap();
+    let refreshed: Tokens = parse(r, 200).await;
     let r = client
         .post(url("/api/auth/logout"))
-        .bearer_auth(refreshed["token"].as_str().unwrap())
+        .bearer_auth(&refreshed.token)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
+    parse::<Message>(r, 200).await;
     server.stop();
 
     assert!(dir.path().join("data/authflow.db").is_file());
@@ -133,16 +131,15 @@ async fn a_bare_folder_is_all_it_needs_and_survives_a_restart() {
     let url = |path: &str| format!("{}{path}", server.base);
     let me = client
         .get(url("/api/auth/me"))
-        .bearer_auth(kept["token"].as_str().unwrap())
+        .bearer_auth(&kept.token)
         .send()
         .await
         .unwrap();
-    assert_eq!(me.status(), 200);
-    let me: Value = me.json().await.unwrap();
-    assert_eq!(me["username"], "bare.metal");
+    let me: User = parse(me, 200).await;
+    assert_eq!(me.username, "bare.metal");
     let logged_out = client
         .get(url("/api/auth/me"))
-        .bearer_auth(refreshed["token"].as_str().unwrap())
+        .bearer_auth(&refreshed.token)
         .send()
         .await
         .unwrap();

@@ -7,12 +7,15 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::both_backends;
-use crate::helpers::{assert_error, fresh_pg_database, Backend, TestApp, TestDb, PASSWORD};
-use crate::smtp_sink::{ReceivedMail, SmtpSink};
+use crate::helpers::{
+    assert_error, eventually, fresh_pg_database, Backend, TestApp, TestDb, TestUser, SECRET,
+};
+use crate::responses::Tokens;
+use crate::smtp_sink::ReceivedMail;
 use crate::tcp_proxy::TcpProxy;
+use crate::{both_backends, postgres_only};
 
 both_backends!(
     hostile_sign_ups_leave_health_fast_and_count_against_the_limit,
@@ -27,6 +30,10 @@ both_backends!(
     an_invalid_cookie_is_401_before_the_origin_check,
     pruning_removes_old_rows_and_keeps_recent_ones,
 );
+
+postgres_only!(a_database_that_goes_away_is_503_and_comes_back_by_itself);
+
+const RESET_PASSWORD: &str = "a brand new secret 2026";
 
 /// A client whose connections come from `ip` (any 127.0.0.0/8 address on loopback).
 fn client_from(ip: [u8; 4]) -> reqwest::Client {
@@ -51,43 +58,27 @@ async fn sign_in_with(
         .unwrap()
 }
 
-async fn mail_with_subject(sink: &SmtpSink, n: usize, subject: &str) -> ReceivedMail {
-    sink.wait_for(n, Duration::from_secs(30))
+/// Waits for `n` emails and returns the one about `subject`.
+async fn mail_with_subject(app: &TestApp, n: usize, subject: &str) -> ReceivedMail {
+    app.wait_for_emails(n)
         .await
         .into_iter()
         .find(|m| m.subject().contains(subject))
         .unwrap_or_else(|| panic!("no mail about {subject:?}"))
 }
 
-/// Asks for a reset link by email and sets `new_password` with it.
-async fn reset_by_email(app: &TestApp, sink: &SmtpSink, email: &str, mails_before: usize) {
-    let r = app
-        .post("/api/password/forgot-password", json!({"email": email}))
-        .await;
-    assert_eq!(r.status(), 200);
-    let mail = mail_with_subject(sink, mails_before + 1, "Reset").await;
+/// Asks for a reset link by email and sets `RESET_PASSWORD` with it.
+async fn reset_by_email(app: &TestApp, user: &TestUser, mails_before: usize) {
+    assert_eq!(app.forgot_password(&user.email).await.status(), 200);
+    let mail = mail_with_subject(app, mails_before + 1, "Reset").await;
     let token = mail.token().expect("the reset mail carries a token");
-    let r = app
-        .post(
-            "/api/password/reset-password",
-            json!({"token": token, "password": "a brand new secret 2026"}),
-        )
-        .await;
+    let r = app.reset_password(&token, RESET_PASSWORD).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 }
 
-async fn create_key(app: &TestApp, token: &str) -> String {
-    let r = app
-        .request(
-            Method::POST,
-            "/api/keys",
-            Some(token),
-            Some(json!({"name": "script", "password": PASSWORD})),
-        )
-        .await;
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-    let body: Value = r.json().await.unwrap();
-    body["key"].as_str().unwrap().to_owned()
+/// A key named "script" with the default scope: its secret.
+async fn create_key(app: &TestApp, tokens: &Tokens) -> String {
+    app.create_key(tokens, json!({"name": "script"})).await.key
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -96,10 +87,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn hostile_sign_ups_leave_health_fast_and_count_against_the_limit(backend: Backend) {
-    let Some(app) = TestApp::spawn_with(backend, &[("RATE_LIMIT_SIGNUPS_PER_IP", "100000")]).await
-    else {
-        return;
-    };
+    let app = TestApp::builder(backend)
+        .env("RATE_LIMIT_SIGNUPS_PER_IP", "100000")
+        .spawn()
+        .await;
     // What zxcvbn finds most expensive: long, and every character a look-alike of a letter.
     let password: String = "4@8({[<3&69!|170$5+%2".chars().cycle().take(128).collect();
     let hostile = json!({"name": "Mallory", "username": "mallory", "email": "not an email",
@@ -123,6 +114,7 @@ async fn hostile_sign_ups_leave_health_fast_and_count_against_the_limit(backend:
             answered
         }));
     }
+    // Load, not a wait for something: let the attackers get going, then sample at a pace.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut latencies = Vec::new();
     for _ in 0..150 {
@@ -144,82 +136,57 @@ async fn hostile_sign_ups_leave_health_fast_and_count_against_the_limit(backend:
     assert!(p99 < Duration::from_millis(50), "/health p99 {p99:?}");
 
     // A 400 costs the caller a try like any other answer.
-    let Some(limited) = TestApp::spawn_with(backend, &[("RATE_LIMIT_SIGNUPS_PER_IP", "2")]).await
-    else {
-        return;
-    };
+    let limited = TestApp::builder(backend)
+        .env("RATE_LIMIT_SIGNUPS_PER_IP", "2")
+        .spawn()
+        .await;
     for _ in 0..2 {
-        let r = limited
-            .post("/api/users/create-account", hostile.clone())
-            .await;
+        let r = limited.try_sign_up_with(hostile.clone()).await;
         assert_error(r, 400, "validation_failed").await;
     }
-    let r = limited
-        .post("/api/users/create-account", hostile.clone())
-        .await;
+    let r = limited.try_sign_up_with(hostile.clone()).await;
     assert_error(r, 429, "too_many_requests").await;
 }
 
 async fn a_guesser_locks_only_their_own_address(backend: Backend) {
-    let Some(app) = TestApp::spawn_with(
-        backend,
-        &[
-            ("LOGIN_MAX_FAILURES", "3"),
-            ("LOGIN_MAX_FAILURES_PER_ACCOUNT", "6"),
-        ],
-    )
-    .await
-    else {
-        return;
-    };
+    let app = TestApp::builder(backend)
+        .env("LOGIN_MAX_FAILURES", "3")
+        .env("LOGIN_MAX_FAILURES_PER_ACCOUNT", "6")
+        .spawn()
+        .await;
     let home = client_from([127, 0, 0, 1]);
     let attacker = client_from([127, 0, 0, 2]);
-    app.signed_in_user("victim.user").await; // from 127.0.0.1: a known address
+    let (victim, _) = app.signed_in_user().await; // from 127.0.0.1: a known address
+    let guess = |client| sign_in_with(&app, client, &victim.username, "wrong password");
+    let right = |client| sign_in_with(&app, client, &victim.username, &victim.password);
 
     for _ in 0..3 {
-        let r = sign_in_with(&app, &attacker, "victim.user", "wrong password").await;
-        assert_error(r, 401, "invalid_credentials").await;
+        assert_error(guess(&attacker).await, 401, "invalid_credentials").await;
     }
     // The guesser's address is blocked for this account, even with the right password…
-    let r = sign_in_with(&app, &attacker, "victim.user", PASSWORD).await;
+    let r = right(&attacker).await;
     assert!(r.headers().contains_key("retry-after"));
     let error = assert_error(r, 429, "too_many_requests").await;
-    assert!(
-        error["message"].as_str().unwrap().contains("try again in"),
-        "{error}"
-    );
+    assert!(error.message.contains("try again in"), "{error:?}");
     // …but the owner at home signs in.
-    assert_eq!(
-        sign_in_with(&app, &home, "victim.user", PASSWORD)
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(right(&home).await.status(), 200);
 
     // Refused attempts write nothing: a flood cannot grow the tables or the history.
     let before = sign_in_rows(&app.db).await;
     for _ in 0..15 {
-        let r = sign_in_with(&app, &attacker, "victim.user", "wrong password").await;
-        assert_eq!(r.status(), 429);
+        assert_eq!(guess(&attacker).await.status(), 429);
     }
     assert_eq!(sign_in_rows(&app.db).await, before, "429s wrote rows");
 
     // Across addresses the account is limited too (6 counted failures in the window)…
     let second = client_from([127, 0, 0, 3]);
     for _ in 0..3 {
-        let r = sign_in_with(&app, &second, "victim.user", "wrong password").await;
-        assert_error(r, 401, "invalid_credentials").await;
+        assert_error(guess(&second).await, 401, "invalid_credentials").await;
     }
     let third = client_from([127, 0, 0, 4]);
-    let r = sign_in_with(&app, &third, "victim.user", PASSWORD).await;
-    assert_error(r, 429, "too_many_requests").await;
+    assert_error(right(&third).await, 429, "too_many_requests").await;
     // …except for an address that signed in to it recently.
-    assert_eq!(
-        sign_in_with(&app, &home, "victim.user", PASSWORD)
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(right(&home).await.status(), 200);
 }
 
 /// Rows that sign-in attempts write.
@@ -229,39 +196,34 @@ async fn sign_in_rows(db: &TestDb) -> i64 {
 }
 
 async fn a_reset_clears_lockouts_and_kills_every_key(backend: Backend) {
-    let sink = SmtpSink::start().await;
-    let Some(app) = TestApp::spawn_with(
-        backend,
-        &[("SMTP_URL", &sink.url()), ("LOGIN_MAX_FAILURES", "2")],
-    )
-    .await
-    else {
-        return;
-    };
-    let session = app.signed_in_user("reset.victim").await;
-    let token = session["token"].as_str().unwrap();
-    let key = create_key(&app, token).await;
+    let app = TestApp::builder(backend)
+        .smtp_sink()
+        .env("LOGIN_MAX_FAILURES", "2")
+        .spawn()
+        .await;
+    let (victim, tokens) = app.signed_in_user().await;
+    let key = create_key(&app, &tokens).await;
     app.assert_signed_in(&key).await;
     let attacker = client_from([127, 0, 0, 2]);
     for _ in 0..2 {
-        sign_in_with(&app, &attacker, "reset.victim", "wrong password").await;
+        sign_in_with(&app, &attacker, &victim.username, "wrong password").await;
     }
     assert_eq!(
-        sign_in_with(&app, &attacker, "reset.victim", PASSWORD)
+        sign_in_with(&app, &attacker, &victim.username, &victim.password)
             .await
             .status(),
         429
     );
 
     // Welcome and new-key notices came before the reset mail.
-    reset_by_email(&app, &sink, "reset.victim@example.com", 2).await;
+    reset_by_email(&app, &victim, 2).await;
 
-    app.assert_signed_out(token).await;
+    app.assert_signed_out(&tokens.token).await;
     app.assert_signed_out(&key).await;
     assert_eq!(app.db.count("SELECT count(*) FROM api_keys").await, 0);
     // The lockout is gone: the address may try again (and the new password works).
     assert_eq!(
-        sign_in_with(&app, &attacker, "reset.victim", "a brand new secret 2026")
+        sign_in_with(&app, &attacker, &victim.username, RESET_PASSWORD)
             .await
             .status(),
         200
@@ -269,36 +231,30 @@ async fn a_reset_clears_lockouts_and_kills_every_key(backend: Backend) {
 }
 
 async fn keys_need_the_password_and_tell_the_owner(backend: Backend) {
-    let sink = SmtpSink::start().await;
-    let Some(app) = TestApp::spawn_with(backend, &[("SMTP_URL", &sink.url())]).await else {
-        return;
-    };
-    let session = app.signed_in_user("key.owner").await;
-    let token = session["token"].as_str().unwrap();
+    let app = TestApp::builder(backend).smtp_sink().spawn().await;
+    let (owner, tokens) = app.signed_in_user().await;
     let r = app
         .request(
             Method::POST,
             "/api/keys",
-            Some(token),
+            Some(&tokens.token),
             Some(json!({"name": "stolen"})),
         )
         .await;
     let error = assert_error(r, 400, "validation_failed").await;
-    assert_eq!(error["details"][0]["field"], "password");
+    assert_eq!(error.details[0].field, "password");
     let r = app
-        .request(
-            Method::POST,
-            "/api/keys",
-            Some(token),
-            Some(json!({"name": "stolen", "password": "not the password"})),
+        .try_create_key(
+            &tokens,
+            json!({"name": "stolen", "password": "not the password"}),
         )
         .await;
     assert_error(r, 401, "invalid_credentials").await;
     assert_eq!(app.db.count("SELECT count(*) FROM api_keys").await, 0);
 
-    create_key(&app, token).await;
-    let notice = mail_with_subject(&sink, 2, "API key").await;
-    assert_eq!(notice.to, vec!["key.owner@example.com".to_owned()]);
+    create_key(&app, &tokens).await;
+    let notice = mail_with_subject(&app, 2, "API key").await;
+    assert_eq!(notice.to, vec![owner.email]);
     assert!(notice.text().contains("\"script\""), "{}", notice.text());
     assert!(
         !notice.raw.contains("afk_"),
@@ -307,166 +263,127 @@ async fn keys_need_the_password_and_tell_the_owner(backend: Backend) {
 }
 
 async fn logout_all_can_take_the_keys_too(backend: Backend) {
-    let Some(app) = TestApp::spawn(backend).await else {
-        return;
-    };
-    let session = app.signed_in_user("everywhere").await;
-    let key = create_key(&app, session["token"].as_str().unwrap()).await;
+    let app = TestApp::spawn(backend).await;
+    let (user, tokens) = app.signed_in_user().await;
+    let key = create_key(&app, &tokens).await;
     // Without a body, keys stay.
-    let r = app
-        .request(
-            Method::POST,
-            "/api/auth/logout-all",
-            session["token"].as_str(),
-            None,
-        )
-        .await;
-    assert_eq!(r.status(), 200);
+    app.logout_all(&tokens).await;
     app.assert_signed_in(&key).await;
 
-    let session = app.sign_in("everywhere", PASSWORD).await;
-    let r = app
-        .request(
-            Method::POST,
-            "/api/auth/logout-all",
-            session["token"].as_str(),
-            Some(json!({"api_keys": true})),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
-    app.assert_signed_out(session["token"].as_str().unwrap())
-        .await;
+    let tokens = app.sign_in(&user).await;
+    app.logout_all_and_keys(&tokens).await;
+    app.assert_signed_out(&tokens.token).await;
     app.assert_signed_out(&key).await;
 }
 
 async fn an_administrator_unlocks_an_account(backend: Backend) {
-    let Some(app) = TestApp::spawn_with(backend, &[("LOGIN_MAX_FAILURES", "2")]).await else {
-        return;
-    };
-    app.signed_in_user("the.admin").await;
-    app.db
-        .execute(
-            "UPDATE users SET role_id = (SELECT role_id FROM roles WHERE name = 'admin') \
-             WHERE username = 'the.admin'",
-        )
+    let app = TestApp::builder(backend)
+        .env("LOGIN_MAX_FAILURES", "2")
+        .spawn()
         .await;
-    let admin = app.sign_in("the.admin", PASSWORD).await;
-    let user = app.signed_in_user("locked.out").await;
+    let (admin, _) = app.signed_in_user().await;
+    app.db
+        .execute(&format!(
+            "UPDATE users SET role_id = (SELECT role_id FROM roles WHERE name = 'admin') \
+             WHERE username = '{}'",
+            admin.username
+        ))
+        .await;
+    let admin = app.sign_in(&admin).await;
+    let (locked, user) = app.signed_in_user().await;
     let attacker = client_from([127, 0, 0, 2]);
     for _ in 0..2 {
-        sign_in_with(&app, &attacker, "locked.out", "wrong password").await;
+        sign_in_with(&app, &attacker, &locked.username, "wrong password").await;
     }
     assert_eq!(
-        sign_in_with(&app, &attacker, "locked.out", PASSWORD)
+        sign_in_with(&app, &attacker, &locked.username, &locked.password)
             .await
             .status(),
         429
     );
-    let path = format!(
-        "/api/admin/users/{}/unlock",
-        user["userId"].as_str().unwrap()
-    );
     // Only an administrator may.
     let r = app
-        .request(Method::POST, &path, user["token"].as_str(), None)
+        .admin(&user, Method::POST, &user.user_id, "/unlock", None)
         .await;
     assert_error(r, 403, "forbidden").await;
     let r = app
-        .request(Method::POST, &path, admin["token"].as_str(), None)
+        .admin(&admin, Method::POST, &user.user_id, "/unlock", None)
         .await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(
-        sign_in_with(&app, &attacker, "locked.out", PASSWORD)
+        sign_in_with(&app, &attacker, &locked.username, &locked.password)
             .await
             .status(),
         200
     );
 }
 
-async fn refresh(app: &TestApp, refresh_token: &str) -> reqwest::Response {
-    app.post("/api/auth/refresh", json!({"refresh_token": refresh_token}))
-        .await
-}
-
 async fn a_session_ends_at_its_absolute_age_whatever_the_refreshes(backend: Backend) {
-    let Some(app) = TestApp::spawn_with(backend, &[("SESSION_MAX_AGE_SECS", "3")]).await else {
-        return;
-    };
-    let mut tokens = app.signed_in_user("short.lived").await;
+    let app = TestApp::builder(backend)
+        .env("SESSION_MAX_AGE_SECS", "3")
+        .spawn()
+        .await;
+    let (_, mut tokens) = app.signed_in_user().await;
+    // The server's clock is real time: the session must age for real.
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        let r = refresh(&app, tokens["refresh_token"].as_str().unwrap()).await;
-        assert_eq!(r.status(), 200);
-        tokens = r.json().await.unwrap();
+        tokens = app.refresh(&tokens).await;
     }
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let r = refresh(&app, tokens["refresh_token"].as_str().unwrap()).await;
+    let r = app.try_refresh(&tokens.refresh_token).await;
     assert_error(r, 401, "unauthorized").await;
-    app.assert_signed_out(tokens["token"].as_str().unwrap())
-        .await;
+    app.assert_signed_out(&tokens.token).await;
 }
 
 async fn a_retried_refresh_is_not_theft_but_a_late_replay_is(backend: Backend) {
-    let Some(app) = TestApp::spawn_with(backend, &[("REFRESH_REUSE_GRACE_SECS", "1")]).await else {
-        return;
-    };
-    let first = app.signed_in_user("two.tabs").await;
-    let original = first["refresh_token"].as_str().unwrap();
-    let r = refresh(&app, original).await;
-    assert_eq!(r.status(), 200);
-    let tab_one: Value = r.json().await.unwrap();
+    let app = TestApp::builder(backend)
+        .env("REFRESH_REUSE_GRACE_SECS", "1")
+        .spawn()
+        .await;
+    let (_, first) = app.signed_in_user().await;
+    let tab_one = app.refresh(&first).await;
     // The same token again at once (a second tab, a lost answer): a new token, same session.
-    let r = refresh(&app, original).await;
-    assert_eq!(r.status(), 200);
-    let tab_two: Value = r.json().await.unwrap();
-    assert_ne!(tab_one["refresh_token"], tab_two["refresh_token"]);
-    app.assert_signed_in(tab_two["token"].as_str().unwrap())
-        .await;
+    let tab_two = app.refresh(&first).await;
+    assert_ne!(tab_one.refresh_token, tab_two.refresh_token);
+    app.assert_signed_in(&tab_two.token).await;
 
+    // Past the grace (real time: the server's clock).
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let r = refresh(&app, original).await;
+    let r = app.try_refresh(&first.refresh_token).await;
     assert_error(r, 401, "refresh_token_reused").await;
-    app.assert_signed_out(tab_one["token"].as_str().unwrap())
-        .await;
-    let r = refresh(&app, tab_two["refresh_token"].as_str().unwrap()).await;
+    app.assert_signed_out(&tab_one.token).await;
+    let r = app.try_refresh(&tab_two.refresh_token).await;
     assert_error(r, 401, "unauthorized").await;
 }
 
 async fn expired_and_bad_tokens_say_so_with_a_challenge(backend: Backend) {
-    let Some(app) = TestApp::spawn_with(backend, &[("ACCESS_TOKEN_TTL_SECS", "1")]).await else {
-        return;
-    };
-    let session = app.signed_in_user("expiring").await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let r = app
-        .get_with("/api/auth/me", session["token"].as_str().unwrap())
+    let app = TestApp::builder(backend)
+        .env("ACCESS_TOKEN_TTL_SECS", "1")
+        .spawn()
         .await;
+    let (user, tokens) = app.signed_in_user().await;
+    // Past the token's lifetime (real time: the server's clock).
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = app.try_me(&tokens.token).await;
     assert_eq!(
         r.headers()["www-authenticate"],
         "Bearer error=\"invalid_token\""
     );
     assert_error(r, 401, "token_expired").await;
-    let r = app.get_with("/api/auth/me", "not-a-token").await;
+    let r = app.try_me("not-a-token").await;
     assert_eq!(
         r.headers()["www-authenticate"],
         "Bearer error=\"invalid_token\""
     );
     assert_error(r, 401, "unauthorized").await;
     // A wrong password is not a bearer problem: no challenge.
-    let r = app
-        .post(
-            "/api/auth/signin",
-            json!({"username": "expiring", "password": "wrong password"}),
-        )
-        .await;
+    let r = app.try_sign_in(&user.username, "wrong password").await;
     assert!(r.headers().get("www-authenticate").is_none());
     assert_error(r, 401, "invalid_credentials").await;
 }
 
 async fn an_invalid_cookie_is_401_before_the_origin_check(backend: Backend) {
-    let Some(app) = TestApp::spawn(backend).await else {
-        return;
-    };
+    let app = TestApp::spawn(backend).await;
     let r = app
         .client
         .post(app.url("/api/auth/logout"))
@@ -479,33 +396,23 @@ async fn an_invalid_cookie_is_401_before_the_origin_check(backend: Backend) {
 }
 
 async fn pruning_removes_old_rows_and_keeps_recent_ones(backend: Backend) {
-    let Some(app) = TestApp::spawn_with(backend, &[("REFRESH_REUSE_GRACE_SECS", "0")]).await else {
-        return;
-    };
-    let session = app.signed_in_user("history.keeper").await;
-    let refreshed: Value = refresh(&app, session["refresh_token"].as_str().unwrap())
-        .await
-        .json()
-        .await
-        .unwrap();
-    let ended = app.sign_in("history.keeper", PASSWORD).await;
-    let r = app
-        .request(
-            Method::POST,
-            "/api/auth/logout",
-            ended["token"].as_str(),
-            None,
-        )
+    let app = TestApp::builder(backend)
+        .env("REFRESH_REUSE_GRACE_SECS", "0")
+        .spawn()
         .await;
-    assert_eq!(r.status(), 200);
+    let (keeper, session) = app.signed_in_user().await;
+    app.refresh(&session).await;
+    let ended = app.sign_in(&keeper).await;
+    app.logout(&ended).await;
 
     let old = match backend {
         Backend::Sqlite => "'2020-01-01T00:00:00+00:00'",
         Backend::Postgres => "'2020-01-01 00:00:00+00'",
     };
-    let user = "(SELECT user_db_id FROM users WHERE username = 'history.keeper')";
+    let name = &keeper.username;
+    let user = format!("(SELECT user_db_id FROM users WHERE username = '{name}')");
     for sql in [
-        format!("INSERT INTO login_attempts (ip_address, email_or_username, attempted_at, success, counted) VALUES ('203.0.113.9', 'history.keeper', {old}, FALSE, TRUE)"),
+        format!("INSERT INTO login_attempts (ip_address, email_or_username, attempted_at, success, counted) VALUES ('203.0.113.9', '{name}', {old}, FALSE, TRUE)"),
         format!("INSERT INTO user_location_logs (user_id, ip_address, location, created_at, user_agent, access_status) VALUES ({user}, '203.0.113.9', '{{}}', {old}, 'old', 'failure')"),
         format!("INSERT INTO auth_sessions (session_id, user_id, cookie_hash, created_at, last_used_at, expires_at, revoked_at) VALUES ('old-session', {user}, '{}', {old}, {old}, {old}, {old})", "c".repeat(64)),
         format!("INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ('{}', 'old-session', {old})", "d".repeat(64)),
@@ -517,7 +424,7 @@ async fn pruning_removes_old_rows_and_keeps_recent_ones(backend: Backend) {
 
     let mut vars: HashMap<String, String> = HashMap::new();
     vars.insert("DATABASE_URL".into(), app.database_url());
-    vars.insert("JWT_SECRET".into(), crate::helpers::SECRET.into());
+    vars.insert("JWT_SECRET".into(), SECRET.into());
     vars.insert("DATA_DIR".into(), app.data_dir().display().to_string());
     let config = authflow::config::Config::from_vars(&vars).unwrap();
     let services = authflow::app::Services::connect(config).await.unwrap();
@@ -538,9 +445,8 @@ async fn pruning_removes_old_rows_and_keeps_recent_ones(backend: Backend) {
     );
     assert_eq!(removed, 6);
     // The live session (with its rotated token, so a replay is still caught) is untouched.
-    let r = refresh(&app, session["refresh_token"].as_str().unwrap()).await;
+    let r = app.try_refresh(&session.refresh_token).await;
     assert_error(r, 401, "refresh_token_reused").await;
-    let _ = refreshed;
 }
 
 async fn table_counts(db: &TestDb) -> HashMap<&'static str, i64> {
@@ -558,11 +464,8 @@ async fn table_counts(db: &TestDb) -> HashMap<&'static str, i64> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_goes_away_is_503_and_comes_back_by_itself() {
-    let Some(database) = fresh_pg_database().await else {
-        return;
-    };
+    let database = fresh_pg_database().await;
     let url = reqwest::Url::parse(&database.url).unwrap();
     let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
     let target = tokio::net::lookup_host(target)
@@ -574,22 +477,17 @@ async fn a_database_that_goes_away_is_503_and_comes_back_by_itself() {
     let mut proxied = url.clone();
     proxied.set_host(Some("127.0.0.1")).unwrap();
     proxied.set_port(Some(proxy.port)).unwrap();
-    let app = TestApp::spawn_on(
-        Backend::Postgres,
-        proxied.as_str(),
-        tempfile::tempdir().unwrap(),
-        &[],
-    )
-    .await
-    .unwrap();
-    let session = app.signed_in_user("db.watcher").await;
-    let token = session["token"].as_str().unwrap();
+    let app = TestApp::builder(Backend::Postgres)
+        .database_url(proxied.as_str())
+        .spawn()
+        .await;
+    let (_, tokens) = app.signed_in_user().await;
 
     proxy.cut();
     // Aborting the forwarding tasks takes effect at their next poll.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
-    let r = app.get_with("/api/auth/me", token).await;
+    let r = app.try_me(&tokens.token).await;
     let waited = started.elapsed();
     assert!(r.headers().contains_key("retry-after"), "{r:?}");
     assert_error(r, 503, "unavailable").await;
@@ -607,17 +505,20 @@ async fn a_database_that_goes_away_is_503_and_comes_back_by_itself() {
     assert_eq!(r.status(), 503);
 
     proxy.restore();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = app.get_with("/api/auth/me", token).await;
-        if r.status() == 200 {
-            break;
-        }
-        assert_eq!(r.status(), 503, "only 503 while it comes back");
-        assert!(Instant::now() < deadline, "never recovered");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        "the database to come back",
+        Duration::from_secs(10),
+        || async {
+            let r = app.try_me(&tokens.token).await;
+            if r.status() == 200 {
+                return Some(());
+            }
+            assert_eq!(r.status(), 503, "only 503 while it comes back");
+            None
+        },
+    )
+    .await;
     for _ in 0..20 {
-        app.assert_signed_in(token).await;
+        app.assert_signed_in(&tokens.token).await;
     }
 }

@@ -4,12 +4,11 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{assert_error, Backend, TestApp, PASSWORD, SECRET};
+use crate::helpers::{assert_error, Backend, TestApp, TestUser, PASSWORD, SECRET};
 
 /// An answer read off a raw connection.
 struct RawResponse {
@@ -78,9 +77,11 @@ async fn exchange(stream: &mut TcpStream, request: &str) -> RawResponse {
 const HEALTH: &str = "GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n";
 
 async fn sqlite_app(extra: &[(&str, &str)]) -> TestApp {
-    TestApp::spawn_with(Backend::Sqlite, extra)
-        .await
-        .expect("SQLite needs no server")
+    let mut app = TestApp::builder(Backend::Sqlite);
+    for (name, value) in extra {
+        app = app.env(name, value);
+    }
+    app.spawn().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,12 +191,7 @@ async fn two_host_headers_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_must_be_json_objects_in_utf8() {
     let app = sqlite_app(&[]).await;
-    assert_eq!(
-        app.create_account("array.body", "array@example.com")
-            .await
-            .status(),
-        201
-    );
+    app.sign_up(&TestUser::named("array.body")).await;
     let signin = app.url("/api/auth/signin");
     // serde would read the fields by position and sign in.
     let r = app
@@ -206,7 +202,7 @@ async fn bodies_must_be_json_objects_in_utf8() {
         .await
         .unwrap();
     let e = assert_error(r, 400, "invalid_body").await;
-    assert!(e["message"].as_str().unwrap().contains("object"), "{e}");
+    assert!(e.message.contains("object"), "{e:?}");
     for scalar in [json!("array.body"), json!(42), json!(null), json!(true)] {
         let r = app.client.post(&signin).json(&scalar).send().await.unwrap();
         assert_error(r, 400, "invalid_body").await;
@@ -248,31 +244,23 @@ async fn bodies_must_be_json_objects_in_utf8() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_numbers_written_with_a_fraction_are_integers() {
     let app = sqlite_app(&[]).await;
-    let session = app.signed_in_user("float.days").await;
-    let token = session["token"].as_str().unwrap();
+    let (_, tokens) = app.signed_in_user().await;
+    let token = tokens.token.as_str();
     // `password` is ignored where a key needs none, and required where it does (§9).
-    let r = app
-        .request(
-            Method::POST,
-            "/api/keys",
-            Some(token),
-            Some(json!({"name": "thirty days", "expires_in_days": 30.0, "password": PASSWORD})),
+    let key = app
+        .create_key(
+            &tokens,
+            json!({"name": "thirty days", "expires_in_days": 30.0}),
         )
         .await;
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-    let key: Value = r.json().await.unwrap();
-    let created =
-        chrono::DateTime::parse_from_rfc3339(key["created_at"].as_str().unwrap()).unwrap();
-    let expires =
-        chrono::DateTime::parse_from_rfc3339(key["expires_at"].as_str().unwrap()).unwrap();
+    let created = chrono::DateTime::parse_from_rfc3339(&key.created_at).unwrap();
+    let expires = chrono::DateTime::parse_from_rfc3339(key.expires_at.as_deref().unwrap()).unwrap();
     assert_eq!((expires - created).num_days(), 30);
 
     let r = app
-        .request(
-            Method::POST,
-            "/api/keys",
-            Some(token),
-            Some(json!({"name": "a day and a half", "expires_in_days": 1.5, "password": PASSWORD})),
+        .try_create_key(
+            &tokens,
+            json!({"name": "a day and a half", "expires_in_days": 1.5}),
         )
         .await;
     assert_error(r, 400, "invalid_body").await;
@@ -303,7 +291,7 @@ async fn only_plain_request_ids_are_kept() {
     let kept = "Trace-1.2_abc";
     let r = request(kept.into()).await.unwrap();
     assert_eq!(r.headers()["x-request-id"], kept);
-    assert_eq!(assert_error(r, 404, "not_found").await["request_id"], kept);
+    assert_eq!(assert_error(r, 404, "not_found").await.request_id, kept);
     let longest = "a".repeat(64);
     let r = request(longest.clone().into()).await.unwrap();
     assert_eq!(r.headers()["x-request-id"], longest.as_str());
@@ -321,11 +309,7 @@ async fn only_plain_request_ids_are_kept() {
         let echoed = String::from_utf8(echoed).unwrap();
         assert!(uuid::Uuid::parse_str(&echoed).is_ok(), "{echoed}");
         let e = assert_error(r, 404, "not_found").await;
-        assert_eq!(
-            e["request_id"],
-            echoed.as_str(),
-            "the envelope names the same id"
-        );
+        assert_eq!(e.request_id, echoed, "the envelope names the same id");
     }
 }
 
@@ -345,40 +329,22 @@ async fn the_database_mailbox_and_data_folder_are_the_owners_only() {
     let data = dir.path().join("state");
     let database_url = format!("sqlite://{}", data.join("authflow.db").display());
     let data_dir = data.display().to_string();
-    let app = TestApp::spawn_on(
-        Backend::Sqlite,
-        &database_url,
-        dir,
-        &[("DATA_DIR", &data_dir)],
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        app.create_account("private.files", "private@example.com")
-            .await
-            .status(),
-        201
-    );
+    let app = TestApp::builder(Backend::Sqlite)
+        .database_url(&database_url)
+        .dir(dir)
+        .env("DATA_DIR", &data_dir)
+        .spawn()
+        .await;
+    app.sign_up(&TestUser::new()).await;
     // The welcome email lands in the development mailbox.
+    app.deliver_all_emails().await;
     let mailbox = data.join("mail");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let eml = loop {
-        let found = std::fs::read_dir(&mailbox).ok().and_then(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .find(|p| p.extension().is_some_and(|x| x == "eml"))
-        });
-        if let Some(path) = found {
-            break path;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no email in {}",
-            mailbox.display()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let eml = std::fs::read_dir(&mailbox)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "eml"))
+        .unwrap_or_else(|| panic!("no email in {}", mailbox.display()));
     assert_eq!(mode(&data), 0o700, "data folder");
     assert_eq!(mode(&mailbox), 0o700, "mailbox folder");
     assert_eq!(mode(&eml), 0o600, "{}", eml.display());

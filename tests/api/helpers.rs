@@ -1,4 +1,5 @@
-//! The harness: a real server on port 0 over a fresh PostgreSQL database or SQLite file.
+//! The harness: a real server on port 0 over a fresh PostgreSQL database or SQLite file,
+//! the test-user fixture, email delivery on demand, and the skip for an absent PostgreSQL.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -7,16 +8,23 @@ use std::time::Duration;
 
 use authflow::app::App;
 use authflow::config::Config;
-use reqwest::{Method, Response, StatusCode};
-use serde_json::{json, Value};
+use authflow::mail::outbox::{Outbox, Outcome};
+use authflow::mail::transport::Transport;
+use reqwest::{Method, Response};
+use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::SqlitePoolOptions;
 use sqlx::{PgPool, Row, SqlitePool};
 use tempfile::TempDir;
 
+use crate::responses::{ApiError, ErrorEnvelope};
+use crate::smtp_sink::{ReceivedMail, SmtpSink};
+
 pub const PASSWORD: &str = "correct-horse-battery-staple-42";
 pub const SECRET: &str = "test-signing-key-test-signing-key-0123456789";
 pub const ORIGIN: &str = "http://localhost:3000";
+/// How long a test waits for something that happens in the background (an email, a lookup).
+pub const WAIT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -25,6 +33,8 @@ pub enum Backend {
 }
 
 /// Runs a test body once per backend: `both_backends!(name, …)` expects `async fn name(Backend)`.
+/// The PostgreSQL run is skipped here, once, when no PostgreSQL answers (a failure under `CI`):
+/// a body always gets a server to talk to.
 #[macro_export]
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => { $(
@@ -35,7 +45,27 @@ macro_rules! both_backends {
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
+                if $crate::helpers::postgres_is_absent().await {
+                    return;
+                }
                 super::$name($crate::helpers::Backend::Postgres).await
+            }
+        }
+    )* };
+}
+
+/// A test that only means something on PostgreSQL: `postgres_only!(name, …)` expects
+/// `async fn name()`, skipped like the PostgreSQL half of `both_backends!`.
+#[macro_export]
+macro_rules! postgres_only {
+    ($($name:ident),* $(,)?) => { $(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if $crate::helpers::postgres_is_absent().await {
+                    return;
+                }
+                super::$name().await
             }
         }
     )* };
@@ -44,6 +74,50 @@ macro_rules! both_backends {
 pub fn admin_url() -> String {
     std::env::var("TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn in_ci() -> bool {
+    std::env::var_os("CI").is_some()
+}
+
+/// Whether the test should be skipped because no PostgreSQL answers: then it says so on
+/// stderr (`SKIPPED (PostgreSQL): …`, not captured) and answers `true`. Under `CI` an
+/// absent PostgreSQL fails the test instead.
+pub async fn postgres_is_absent() -> bool {
+    // Once PostgreSQL is known to be absent, later tests skip at once instead of each
+    // waiting for the connection timeout.
+    static ABSENT: OnceLock<String> = OnceLock::new();
+    let why = match ABSENT.get() {
+        Some(why) => why.clone(),
+        None => {
+            let admin = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(3))
+                .connect(&admin_url())
+                .await;
+            match admin {
+                Ok(pool) => {
+                    pool.close().await;
+                    return false;
+                }
+                Err(e) => {
+                    let why = format!(
+                        "no database answers at TEST_DATABASE_URL ({e}); set CI=1 to make this a failure"
+                    );
+                    let _ = ABSENT.set(why.clone());
+                    why
+                }
+            }
+        }
+    };
+    assert!(
+        !in_ci(),
+        "CI is set and PostgreSQL does not answer at {}: {why}",
+        admin_url()
+    );
+    // Not through the test's captured output: this must be seen.
+    let _ = writeln!(std::io::stderr(), "SKIPPED (PostgreSQL): {why}");
+    true
 }
 
 /// A PostgreSQL database made for one test, dropped when this is dropped (also when the
@@ -88,37 +162,16 @@ impl Drop for PgDatabase {
     }
 }
 
-/// A fresh, empty PostgreSQL database, or `None` (with one visible line) when no server
-/// answers outside CI. Under `CI` an unreachable server fails the test.
-pub async fn fresh_pg_database() -> Option<PgDatabase> {
+/// A fresh, empty PostgreSQL database. Tests reach here through `both_backends!` or
+/// `postgres_only!`, which have already skipped when PostgreSQL is absent.
+pub async fn fresh_pg_database() -> PgDatabase {
     let admin_url = admin_url();
-    // Once PostgreSQL is known to be absent, later tests skip at once instead of each
-    // waiting for the connection timeout.
-    static ABSENT: OnceLock<String> = OnceLock::new();
-    if let Some(why) = ABSENT.get() {
-        if std::env::var_os("CI").is_none() {
-            let _ = writeln!(std::io::stderr(), "SKIPPED (PostgreSQL): {why}");
-            return None;
-        }
-    }
     let admin = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(3))
         .connect(&admin_url)
-        .await;
-    let admin = match admin {
-        Ok(pool) => pool,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            let why = format!(
-                "no database answers at TEST_DATABASE_URL ({e}); set CI=1 to make this a failure"
-            );
-            // Not through the test's captured output: this must be seen.
-            let _ = writeln!(std::io::stderr(), "SKIPPED (PostgreSQL): {why}");
-            let _ = ABSENT.set(why);
-            return None;
-        }
-        Err(e) => panic!("CI is set and PostgreSQL does not answer at {admin_url}: {e}"),
-    };
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL does not answer at {admin_url}: {e}"));
     let name = format!("{}{}", run_prefix(), uuid::Uuid::new_v4().simple());
     sqlx::query(&format!("CREATE DATABASE \"{name}\""))
         .execute(&admin)
@@ -128,10 +181,10 @@ pub async fn fresh_pg_database() -> Option<PgDatabase> {
     let base = admin_url
         .rsplit_once('/')
         .map_or(admin_url.as_str(), |(b, _)| b);
-    Some(PgDatabase {
+    PgDatabase {
         url: format!("{base}/{name}"),
         name,
-    })
+    }
 }
 
 /// The prefix of every database this run makes (and the only ones it ever drops).
@@ -143,6 +196,60 @@ pub fn run_prefix() -> &'static str {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         )
     })
+}
+
+/// Polls `check` until it answers `Some`, for at most `timeout`; panics saying `what` never
+/// happened. For what the service does in the background: waits for the thing, not a guess.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An account the test owns: a unique username and email, and the known password.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub username: String,
+    pub email: String,
+    pub password: String,
+    pub name: String,
+}
+
+impl TestUser {
+    /// A user no other test (nor any earlier one in this database) has.
+    pub fn new() -> Self {
+        let unique = &uuid::Uuid::new_v4().simple().to_string()[..10];
+        Self::named(&format!("user.{unique}"))
+    }
+
+    /// A user with this username, `<username>@example.com` and the known password, where
+    /// the name itself is part of the story (case rules, the log, the database dump).
+    pub fn named(username: &str) -> Self {
+        Self {
+            username: username.to_owned(),
+            email: format!("{username}@example.com"),
+            password: PASSWORD.to_owned(),
+            name: "Test User".to_owned(),
+        }
+    }
+
+    /// The same user with another address.
+    pub fn with_email(mut self, email: &str) -> Self {
+        email.clone_into(&mut self.email);
+        self
+    }
 }
 
 /// A direct connection to the test's database, to look at what the service stored.
@@ -218,6 +325,23 @@ impl TestDb {
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
+    /// Moves every `expires_at` of `table` (`tokens`, `api_keys`) a minute into the past.
+    pub async fn expire_all(&self, table: &str) {
+        let past = chrono::Utc::now() - chrono::Duration::minutes(1);
+        let sql = format!("UPDATE {table} SET expires_at = $1");
+        match self {
+            // The old service's `tokens` table has `timestamp` columns, ours `timestamptz`.
+            TestDb::Postgres(p) if table == "tokens" => sqlx::query(&sql)
+                .bind(past.naive_utc())
+                .execute(p)
+                .await
+                .map(|_| ()),
+            TestDb::Postgres(p) => sqlx::query(&sql).bind(past).execute(p).await.map(|_| ()),
+            TestDb::Sqlite(p) => sqlx::query(&sql).bind(past).execute(p).await.map(|_| ()),
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
     pub async fn password_hash(&self, username: &str) -> String {
         let sql = "SELECT password FROM users WHERE username = $1";
         match self {
@@ -235,80 +359,101 @@ impl TestDb {
     }
 }
 
-pub struct TestApp {
-    pub address: String,
-    pub client: reqwest::Client,
-    pub db: TestDb,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    _dir: TempDir,
-    /// The PostgreSQL database this app made, dropped with it (after the server's own fields).
-    database: Option<PgDatabase>,
+/// How a test's server is started: `TestApp::builder(backend).env("X", "Y").spawn()`.
+pub struct TestAppBuilder {
+    backend: Backend,
+    vars: Vec<(String, String)>,
+    smtp_sink: bool,
+    database_url: Option<String>,
+    dir: Option<TempDir>,
 }
 
-impl TestApp {
-    pub async fn spawn(backend: Backend) -> Option<TestApp> {
-        Self::spawn_with(backend, &[]).await
+impl TestAppBuilder {
+    /// A variable on top of the test defaults.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.vars.push((name.to_owned(), value.to_owned()));
+        self
     }
 
-    /// Starts the real server with these variables on top of the test defaults.
-    pub async fn spawn_with(backend: Backend, extra: &[(&str, &str)]) -> Option<TestApp> {
-        let dir = tempfile::tempdir().unwrap();
-        let (database_url, database) = match backend {
-            Backend::Sqlite => (
+    /// Emails go over SMTP to a sink the app owns (`app.emails()`), not to the mailbox folder.
+    pub fn smtp_sink(mut self) -> Self {
+        self.smtp_sink = true;
+        self
+    }
+
+    /// On an existing database (a second server, an adopted database) instead of a fresh one.
+    pub fn database_url(mut self, url: &str) -> Self {
+        self.database_url = Some(url.to_owned());
+        self
+    }
+
+    /// With this temporary folder as `DATA_DIR` (and for the SQLite file of a fresh database).
+    pub fn dir(mut self, dir: TempDir) -> Self {
+        self.dir = Some(dir);
+        self
+    }
+
+    pub async fn spawn(self) -> TestApp {
+        self.try_spawn()
+            .await
+            .unwrap_or_else(|e| panic!("the server did not start: {e:#}"))
+    }
+
+    /// Starts the real server; the error when it refuses to.
+    pub async fn try_spawn(self) -> anyhow::Result<TestApp> {
+        let dir = match self.dir {
+            Some(dir) => dir,
+            None => tempfile::tempdir()?,
+        };
+        let (database_url, database) = match (self.database_url, self.backend) {
+            (Some(url), _) => (url, None),
+            (None, Backend::Sqlite) => (
                 format!("sqlite://{}", dir.path().join("authflow.db").display()),
                 None,
             ),
-            Backend::Postgres => {
-                let database = fresh_pg_database().await?;
+            (None, Backend::Postgres) => {
+                let database = fresh_pg_database().await;
                 (database.url.clone(), Some(database))
             }
         };
-        let mut app = Self::spawn_on(backend, &database_url, dir, extra)
-            .await
-            .unwrap();
-        app.database = database;
-        Some(app)
-    }
-
-    pub async fn spawn_on(
-        backend: Backend,
-        database_url: &str,
-        dir: TempDir,
-        extra: &[(&str, &str)],
-    ) -> anyhow::Result<TestApp> {
+        let sink = if self.smtp_sink {
+            Some(SmtpSink::start().await)
+        } else {
+            None
+        };
         let mut vars: HashMap<String, String> = [
             ("APP_HOST", "127.0.0.1"),
             ("APP_PORT", "0"),
             ("APP_URL", "http://127.0.0.1"),
             ("JWT_SECRET", SECRET),
-            ("DATABASE_URL", database_url),
+            ("DATABASE_URL", &database_url),
             ("DATA_DIR", &dir.path().display().to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        for (k, v) in extra {
-            vars.insert((*k).to_owned(), (*v).to_owned());
+        if let Some(sink) = &sink {
+            vars.insert("SMTP_URL".to_owned(), sink.url());
         }
+        vars.extend(self.vars);
         let config = Config::from_vars(&vars)?;
-        let app = App::build(config).await?;
+        let app = App::build(config.clone()).await?;
         let port = app.port();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
         }));
-        let db = match backend {
+        let db = match self.backend {
             Backend::Sqlite => TestDb::Sqlite(
                 SqlitePoolOptions::new()
                     .max_connections(1)
-                    .connect(database_url)
+                    .connect(&database_url)
                     .await?,
             ),
             Backend::Postgres => TestDb::Postgres(
                 PgPoolOptions::new()
                     .max_connections(2)
-                    .connect(database_url)
+                    .connect(&database_url)
                     .await?,
             ),
         };
@@ -319,11 +464,57 @@ impl TestApp {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
             db,
+            config,
+            outbox: tokio::sync::OnceCell::new(),
+            sink,
             shutdown: Some(tx),
             server: Some(server),
-            _dir: dir,
-            database: None,
+            dir,
+            _database: database,
         })
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub db: TestDb,
+    /// The configuration the server runs with (for the test's own outbox worker).
+    config: Config,
+    /// A second outbox worker on the server's database, made on first use.
+    outbox: tokio::sync::OnceCell<Outbox>,
+    sink: Option<SmtpSink>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    dir: TempDir,
+    /// The PostgreSQL database this app made, dropped with it (after the server's own fields).
+    _database: Option<PgDatabase>,
+}
+
+impl TestApp {
+    /// The server with the test defaults.
+    pub async fn spawn(backend: Backend) -> TestApp {
+        Self::builder(backend).spawn().await
+    }
+
+    /// The server with settings of the test's own.
+    pub fn builder(backend: Backend) -> TestAppBuilder {
+        TestAppBuilder {
+            backend,
+            vars: Vec::new(),
+            smtp_sink: false,
+            database_url: None,
+            dir: None,
+        }
+    }
+
+    /// A second server on this one's database (and mail relay), as another process would be.
+    pub fn twin(&self, backend: Backend) -> TestAppBuilder {
+        let builder = Self::builder(backend).database_url(&self.database_url());
+        match &self.sink {
+            Some(sink) => builder.env("SMTP_URL", &sink.url()),
+            None => builder,
+        }
     }
 
     /// Stops the server the way SIGTERM does and waits for it to finish.
@@ -334,39 +525,75 @@ impl TestApp {
         if let Some(server) = self.server.take() {
             server.await.unwrap().unwrap();
         }
-        self._dir
+        self.dir
     }
 
     /// The database this server runs on, for a second server on the same one.
     pub fn database_url(&self) -> String {
-        match &self.db {
-            TestDb::Postgres(p) => {
-                let name = p
-                    .connect_options()
-                    .get_database()
-                    .unwrap_or_default()
-                    .to_owned();
-                let admin = admin_url();
-                format!(
-                    "{}/{name}",
-                    admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b)
-                )
-            }
-            TestDb::Sqlite(p) => {
-                format!("sqlite://{}", p.connect_options().get_filename().display())
-            }
-        }
+        self.config.database_url.expose().to_owned()
     }
 
     /// The `DATA_DIR` of this server (signing key, development mailbox).
     pub fn data_dir(&self) -> &std::path::Path {
-        self._dir.path()
+        self.dir.path()
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }
 
+    /// Delivers every email that is due now, and waits for those another worker (the
+    /// server's own) is sending: afterwards nothing that was queued is still on its way.
+    /// Emails queued after the answer (forgot-password, resend-verification) may not be
+    /// queued yet: wait for those with `wait_for_emails`.
+    pub async fn deliver_all_emails(&self) {
+        let outbox = self
+            .outbox
+            .get_or_init(|| async {
+                let store = authflow::store::connect(&self.config).await.unwrap();
+                let transport = Transport::from_config(&self.config).unwrap();
+                Outbox::new(
+                    store,
+                    transport,
+                    self.config.mail.from.clone(),
+                    self.config.mail.first_retry,
+                    std::sync::Arc::new(tokio::sync::Notify::new()),
+                )
+            })
+            .await;
+        while outbox.try_send_next().await.unwrap() != Outcome::Empty {}
+        eventually("the emails being sent to be sent", WAIT, || async {
+            let sending = self
+                .db
+                .count("SELECT count(*) FROM email_outbox WHERE status = 'sending'")
+                .await;
+            (sending == 0).then_some(())
+        })
+        .await;
+    }
+
+    fn sink(&self) -> &SmtpSink {
+        self.sink
+            .as_ref()
+            .expect("this app has no SMTP sink: start it with .smtp_sink()")
+    }
+
+    /// Every email the SMTP sink received so far, oldest first.
+    pub fn emails(&self) -> Vec<ReceivedMail> {
+        self.sink().messages()
+    }
+
+    /// Waits until `n` emails have arrived (at most `WAIT`) and returns them all.
+    pub async fn wait_for_emails(&self, n: usize) -> Vec<ReceivedMail> {
+        self.sink().wait_for(n, WAIT).await
+    }
+
+    /// Waits for email number `n` (from 1) and returns it.
+    pub async fn email(&self, n: usize) -> ReceivedMail {
+        self.wait_for_emails(n).await.swap_remove(n - 1)
+    }
+
+    /// Any request, for what the route helpers do not cover (odd bodies, odd headers).
     pub async fn request(
         &self,
         method: Method,
@@ -394,76 +621,44 @@ impl TestApp {
 
     /// The access token (or key) is refused: its session is over.
     pub async fn assert_signed_out(&self, token: &str) {
-        assert_error(
-            self.get_with("/api/auth/me", token).await,
-            401,
-            "unauthorized",
-        )
-        .await;
+        assert_error(self.try_me(token).await, 401, "unauthorized").await;
     }
 
     /// The access token (or key) still authenticates.
     pub async fn assert_signed_in(&self, token: &str) {
-        let r = self.get_with("/api/auth/me", token).await;
+        let r = self.try_me(token).await;
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
-    }
-
-    pub async fn create_account(&self, username: &str, email: &str) -> Response {
-        self.post(
-            "/api/users/create-account",
-            json!({"name": "Test User", "username": username, "email": email, "password": PASSWORD}),
-        )
-        .await
-    }
-
-    /// Creates the account and signs in: the sign-in answer.
-    pub async fn signed_in_user(&self, username: &str) -> Value {
-        let email = format!("{username}@example.com");
-        let created = self.create_account(username, &email).await;
-        assert_eq!(
-            created.status(),
-            StatusCode::CREATED,
-            "{}",
-            created.text().await.unwrap()
-        );
-        self.sign_in(username, PASSWORD).await
-    }
-
-    pub async fn sign_in(&self, username: &str, password: &str) -> Value {
-        let r = self
-            .post(
-                "/api/auth/signin",
-                json!({"username": username, "password": password}),
-            )
-            .await;
-        assert_eq!(r.status(), StatusCode::OK, "sign-in of {username}");
-        r.json().await.unwrap()
     }
 }
 
+/// The answer's body as `T`, after checking its status; the body in the message if not.
+pub async fn parse<T: serde::de::DeserializeOwned>(response: Response, status: u16) -> T {
+    let url = response.url().path().to_owned();
+    let actual = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    assert_eq!(actual, status, "{url}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: {e} in {text}"))
+}
+
 /// Asserts the envelope of SPEC §4 and returns its `error` object.
-pub async fn assert_error(response: Response, status: u16, code: &str) -> Value {
+pub async fn assert_error(response: Response, status: u16, code: &str) -> ApiError {
     assert_eq!(
         response.status().as_u16(),
         status,
         "expected {status} {code}"
     );
     let method_path = response.url().path().to_owned();
-    let body: Value = response.json().await.unwrap();
-    let error = &body["error"];
-    assert_eq!(error["code"], code, "{body}");
-    assert_eq!(error["status"], status);
-    assert_eq!(error["path"], method_path);
-    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
-    assert!(error["timestamp"]
-        .as_str()
-        .is_some_and(|t| t.ends_with('Z')));
-    assert!(error["request_id"]
-        .as_str()
-        .is_some_and(|id| !id.is_empty()));
-    assert!(error["method"].is_string());
-    assert!(error["details"].is_array());
-    error.clone()
+    let text = response.text().await.unwrap();
+    let error = serde_json::from_str::<ErrorEnvelope>(&text)
+        .unwrap_or_else(|e| panic!("not the error envelope ({e}): {text}"))
+        .error;
+    assert_eq!(error.code, code, "{text}");
+    assert_eq!(error.status, status);
+    assert_eq!(error.path, method_path);
+    assert!(!error.message.is_empty());
+    assert!(error.timestamp.ends_with('Z'));
+    assert!(!error.request_id.is_empty());
+    error
 }
 
 /// Everything the service logs in this test process (from the first call on), to look for

@@ -4,6 +4,8 @@
 
 mod helpers;
 mod ipinfo_standin;
+mod responses;
+mod routes;
 mod smtp_sink;
 mod tcp_proxy;
 
