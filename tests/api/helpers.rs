@@ -551,7 +551,9 @@ impl TestApp {
             .outbox
             .get_or_init(|| async {
                 let store = authflow::store::connect(&self.config).await.unwrap();
-                let transport = Transport::from_config(&self.config).unwrap();
+                let transport =
+                    Transport::from_settings(&self.config.mail, self.config.is_production())
+                        .unwrap();
                 Outbox::new(
                     store,
                     transport,
