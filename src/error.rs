@@ -61,6 +61,8 @@ impl From<StoreError> for Error {
 }
 
 /// Errors that say the database cannot be reached right now (not that a query is wrong).
+/// A connection cut mid-handshake or mid-answer reads as a protocol error (the bytes that
+/// came, or did not, are not what PostgreSQL sends): the database is away, not the query wrong.
 fn is_unavailable(e: &sqlx::Error) -> bool {
     matches!(
         e,
@@ -68,6 +70,8 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed
     ) || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| {
         // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections
         matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")

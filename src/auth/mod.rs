@@ -371,7 +371,10 @@ impl Auth {
                 now,
                 expires_at: now + time::duration(self.config.refresh_token_ttl),
                 max_age: time::duration(self.config.session_max_age),
-                grace_since: now - time::duration(self.config.refresh_reuse_grace),
+                // A zero grace is none at all: a racing loser whose clock read came first must
+                // still count as reuse.
+                grace_since: (!self.config.refresh_reuse_grace.is_zero())
+                    .then(|| now - time::duration(self.config.refresh_reuse_grace)),
             })
             .await?;
         match outcome {

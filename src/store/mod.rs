@@ -137,7 +137,8 @@ pub struct Rotation {
     /// `SESSION_MAX_AGE_SECS`: no refresh carries a session past `created_at + max_age`.
     pub max_age: chrono::Duration,
     /// A token rotated after this is presented again by a retry: answered, not punished.
-    pub grace_since: Timestamp,
+    /// `None`: no grace (every second presentation is reuse).
+    pub grace_since: Option<Timestamp>,
 }
 
 #[derive(Debug)]

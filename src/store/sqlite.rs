@@ -227,7 +227,7 @@ mod tests {
             now,
             expires_at: now + chrono::Duration::days(30),
             max_age: chrono::Duration::days(90),
-            grace_since: now,
+            grace_since: None,
         }
     }
 

@@ -473,6 +473,7 @@ async fn a_database_that_goes_away_is_503_and_comes_back_by_itself() {
         .unwrap()
         .next()
         .unwrap();
+    crate::helpers::captured_logs();
     let proxy = TcpProxy::start(target).await;
     let mut proxied = url.clone();
     proxied.set_host(Some("127.0.0.1")).unwrap();
@@ -489,6 +490,14 @@ async fn a_database_that_goes_away_is_503_and_comes_back_by_itself() {
     let started = Instant::now();
     let r = app.try_me(&tokens.token).await;
     let waited = started.elapsed();
+    if r.status() != 503 {
+        let logs = crate::helpers::captured_logs().contents();
+        let failed: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("request failed"))
+            .collect();
+        panic!("{r:?}: {failed:?}");
+    }
     assert!(r.headers().contains_key("retry-after"), "{r:?}");
     assert_error(r, 503, "unavailable").await;
     assert!(waited < Duration::from_secs(2), "503 after {waited:?}");

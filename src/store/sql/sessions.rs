@@ -154,8 +154,11 @@ where
                     return Ok(RefreshOutcome::Invalid);
                 };
                 // Rotated moments ago: the same client retrying (two tabs, a lost answer) is
-                // given a fresh token for the same session.
-                if used_at.is_none_or(|at| at <= r.grace_since) {
+                // given a fresh token for the same session; anything else is reuse.
+                let retry = used_at
+                    .zip(r.grace_since)
+                    .is_some_and(|(at, since)| at > since);
+                if !retry {
                     let revoked = sqlx::query(
                         "UPDATE auth_sessions SET revoked_at = $2 WHERE session_id = $1 \
                          AND revoked_at IS NULL AND expires_at > $2",
