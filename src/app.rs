@@ -18,6 +18,8 @@ use crate::mail::outbox::Outbox;
 use crate::mail::transport::Transport;
 use crate::server::PlainTcp;
 use crate::store;
+use crate::tasks::Background;
+use crate::time::Clock;
 
 /// How long in-flight requests may run on after a stop signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,6 +31,8 @@ pub struct App {
     max_connections: u32,
     outbox: Outbox,
     auth: Arc<Auth>,
+    clock: Clock,
+    background: Background,
 }
 
 /// The service's parts, wired together: what the server and the command line share.
@@ -36,12 +40,18 @@ pub struct Services {
     pub config: Arc<Config>,
     pub auth: Arc<Auth>,
     pub outbox: Outbox,
+    /// What the use-cases read the time from; tests move it.
+    pub clock: Clock,
+    /// Work started off the request path; shutdown drains it, tests wait for it.
+    pub background: Background,
 }
 
 impl Services {
     /// Connects and migrates the database, loads keys, sets up mail and geolocation.
     pub async fn connect(config: Config) -> anyhow::Result<Self> {
         let config = Arc::new(config);
+        let clock = Clock::system();
+        let background = Background::new();
         let store = store::connect(&config)
             .await
             .context("opening the database")?;
@@ -60,23 +70,28 @@ impl Services {
             config.mail.from.clone(),
             config.mail.first_retry,
             Arc::clone(&wake),
+            clock.clone(),
         );
         let geo = Arc::new(GeoLocator::new(
             &config.ipinfo_url,
             config.ipinfo_token.clone(),
         )?);
-        let auth = Arc::new(Auth::new(
+        let auth = Arc::new(Auth::new(crate::auth::Parts {
             store,
             passwords,
             jwt,
-            Arc::clone(&config),
-            wake,
+            config: Arc::clone(&config),
+            mail_wake: wake,
             geo,
-        ));
+            clock: clock.clone(),
+            background: background.clone(),
+        }));
         Ok(Self {
             config,
             auth,
             outbox,
+            clock,
+            background,
         })
     }
 }
@@ -88,6 +103,8 @@ impl App {
             config,
             auth,
             outbox,
+            clock,
+            background,
         } = Services::connect(config).await?;
         if !config.app_url.starts_with("https://") {
             tracing::warn!(
@@ -114,11 +131,23 @@ impl App {
             max_connections: config.max_connections,
             outbox,
             auth,
+            clock,
+            background,
         })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The clock the service reads: tests move it forward instead of sleeping.
+    pub fn clock(&self) -> Clock {
+        self.clock.clone()
+    }
+
+    /// The service's background work: tests wait for it to settle instead of sleeping.
+    pub fn background(&self) -> Background {
+        self.background.clone()
     }
 
     /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests
@@ -128,8 +157,9 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
-        let maintenance = tokio::spawn(maintain(Arc::clone(&self.auth), worker_stopped.clone()));
-        let worker = tokio::spawn(self.outbox.run(worker_stopped));
+        let background = self.background;
+        background.spawn_service(maintain(Arc::clone(&self.auth), worker_stopped.clone()));
+        background.spawn_service(self.outbox.run(worker_stopped));
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let server = crate::server::serve(
             self.listener,
@@ -160,15 +190,12 @@ impl App {
                 tracing::warn!("requests still in flight after 30 s; stopping anyway");
             }
         }
+        // The outbox, housekeeping and whatever requests left running (rehashes, location
+        // lookups) finish within the same budget.
         tokio::select! {
-            joined = worker => {
-                if let Err(e) = joined {
-                    tracing::error!(error = %e, "outbox worker failed");
-                }
-            }
-            () = &mut deadline => tracing::warn!("outbox still draining after 30 s; the rest is sent after restart"),
+            _ = background.drain(DRAIN_TIMEOUT) => {}
+            () = &mut deadline => tracing::warn!("background work still running after 30 s; queued emails are sent after restart"),
         }
-        maintenance.abort();
         Ok(())
     }
 }

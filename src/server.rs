@@ -87,6 +87,9 @@ pub async fn serve<H: Handshake>(
         let handshake = handshake.clone();
         let router = router.clone();
         let stopping = stopping.clone();
+        // Connections are their own kind of work: the connection slot and the `stopping`
+        // signal bound them, and shutdown waits for them through the server future.
+        #[allow(clippy::disallowed_methods)]
         tokio::spawn(async move {
             let _slot = slot;
             let io = match tokio::time::timeout(HEADER_READ_TIMEOUT, handshake.handshake(tcp)).await
@@ -188,7 +191,7 @@ async fn answer_request_timeout<W: AsyncWrite + Unpin>(io: &mut W) -> io::Result
         "code": "request_timeout",
         "message": "The request headers took too long to arrive.",
         "details": [],
-        "timestamp": crate::time::rfc3339(crate::time::now()),
+        "timestamp": crate::time::rfc3339(crate::time::Clock::system().now()),
         "path": "",
         "method": "",
         "request_id": uuid::Uuid::new_v4().to_string(),

@@ -1,6 +1,7 @@
-//! Background work the service starts off the request path (rehashing, session touches,
-//! geolocation, the outbox worker, housekeeping), tracked so that shutdown drains it and
-//! tests can wait for it instead of sleeping.
+//! Background work the service starts off the request path, tracked so that shutdown drains
+//! it and tests can wait for it instead of sleeping: short tasks (rehashing, session and key
+//! touches, location lookups, recovery emails queued after the answer) and the long-running
+//! services (the outbox worker, housekeeping).
 
 use std::future::Future;
 use std::time::Duration;
@@ -9,7 +10,8 @@ use tokio_util::task::TaskTracker;
 
 #[derive(Clone, Default)]
 pub struct Background {
-    tracker: TaskTracker,
+    tasks: TaskTracker,
+    services: TaskTracker,
 }
 
 impl Background {
@@ -17,26 +19,38 @@ impl Background {
         Self::default()
     }
 
-    /// Runs `work` in the background, tracked.
+    /// Runs a short piece of work in the background, tracked.
     pub fn spawn<F>(&self, work: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.tracker.spawn(work);
+        self.tasks.spawn(work);
     }
 
-    /// Resolves once no background task is running (new ones may start later).
+    /// Runs a service loop until it stops itself (on the shutdown signal it is given).
+    pub fn spawn_service<F>(&self, service: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.services.spawn(service);
+    }
+
+    /// Resolves once no short task is running (new ones may start later).
     pub async fn settled(&self) {
-        while !self.tracker.is_empty() {
+        while !self.tasks.is_empty() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
-    /// Stops taking new work and waits for what runs, at most `limit`; `false` on time-out.
+    /// Waits for the short tasks and the services (which must have been told to stop), at
+    /// most `limit`; `false` on time-out.
     pub async fn drain(&self, limit: Duration) -> bool {
-        self.tracker.close();
-        tokio::time::timeout(limit, self.tracker.wait())
-            .await
-            .is_ok()
+        self.tasks.close();
+        self.services.close();
+        let both = async {
+            self.tasks.wait().await;
+            self.services.wait().await;
+        };
+        tokio::time::timeout(limit, both).await.is_ok()
     }
 }

@@ -34,12 +34,6 @@ impl Clock {
     }
 }
 
-/// The system time, for the few places outside the use-cases that stamp an answer (the error
-/// envelope's `timestamp`).
-pub fn now() -> Timestamp {
-    Clock::system().now()
-}
-
 pub fn rfc3339(t: Timestamp) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }

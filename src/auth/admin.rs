@@ -4,7 +4,6 @@ use super::{normalize_identifier, Auth, Principal, Registration, Scope};
 use crate::domain::UserUid;
 use crate::error::Error;
 use crate::store::{AdminChange, Role, User};
-use crate::time;
 
 impl Auth {
     /// An administrator, by session or by their key with `scope`; anyone else is refused.
@@ -100,7 +99,7 @@ impl Auth {
         }
         let user = self
             .store
-            .admin_update_user(target.db_id, &change, time::now())
+            .admin_update_user(target.db_id, &change, self.clock.now())
             .await?;
         tracing::info!(admin = %caller.user.uid, user = %user.uid, "account changed by an administrator");
         Ok(user)
@@ -124,7 +123,7 @@ impl Auth {
         let target = self.target_of(caller, uid).await?;
         Ok(self
             .store
-            .revoke_all_sessions(target.db_id, false, time::now())
+            .revoke_all_sessions(target.db_id, false, self.clock.now())
             .await?)
     }
 
@@ -154,7 +153,7 @@ impl Auth {
         };
         let user = self
             .store
-            .admin_update_user(existing.user.db_id, &change, time::now())
+            .admin_update_user(existing.user.db_id, &change, self.clock.now())
             .await?;
         Ok(Some(user))
     }
@@ -183,7 +182,7 @@ impl Auth {
         };
         Ok(self
             .store
-            .admin_update_user(user.db_id, &verified, time::now())
+            .admin_update_user(user.db_id, &verified, self.clock.now())
             .await?)
     }
 }

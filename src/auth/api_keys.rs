@@ -113,7 +113,7 @@ impl Auth {
         rand::rngs::OsRng.fill_bytes(&mut id);
         let id = hex::encode(id);
         let secret = random_token();
-        let now = time::now();
+        let now = self.clock.now();
         let key = NewApiKey {
             id: ApiKeyId::new(id.clone()),
             user_db_id: principal.user.db_id,
@@ -174,7 +174,7 @@ impl Auth {
     /// secret's digest compared in constant time.
     pub async fn authenticate_api_key(&self, value: &str) -> Result<Principal, Error> {
         let (id, secret) = split(value).ok_or(Error::Unauthorized)?;
-        let now = time::now();
+        let now = self.clock.now();
         let owner = self
             .store
             .api_key_owner(&ApiKeyId::new(id), now)
@@ -194,7 +194,7 @@ impl Auth {
         if stale {
             let store = Arc::clone(&self.store);
             let id = owner.key.id.clone();
-            tokio::spawn(async move {
+            self.background.spawn(async move {
                 if let Err(e) = store.touch_api_key(&id, now).await {
                     tracing::warn!(error = %e, "could not record API key use");
                 }

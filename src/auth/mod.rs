@@ -22,7 +22,8 @@ use crate::store::{
     AttemptResult, NewSession, NewUser, ProfileChange, RefreshOutcome, Role, Rotation, Session,
     SessionUser, Store, User,
 };
-use crate::time::{self, Timestamp};
+use crate::tasks::Background;
+use crate::time::{self, Clock, Timestamp};
 pub use api_keys::{is_api_key, CreatedKey, KeyRequest, Scope};
 use password::{Passwords, Verification};
 use tokens::{digest, random_token, Jwt};
@@ -104,17 +105,34 @@ pub struct Auth {
     /// Nudges the outbox worker after a change queued an email.
     mail_wake: Arc<Notify>,
     geo: Arc<GeoLocator>,
+    clock: Clock,
+    background: Background,
+}
+
+/// What the use-cases are built from.
+pub struct Parts {
+    pub store: Arc<dyn Store>,
+    pub passwords: Passwords,
+    pub jwt: Jwt,
+    pub config: Arc<Config>,
+    pub mail_wake: Arc<Notify>,
+    pub geo: Arc<GeoLocator>,
+    pub clock: Clock,
+    pub background: Background,
 }
 
 impl Auth {
-    pub fn new(
-        store: Arc<dyn Store>,
-        passwords: Passwords,
-        jwt: Jwt,
-        config: Arc<Config>,
-        mail_wake: Arc<Notify>,
-        geo: Arc<GeoLocator>,
-    ) -> Self {
+    pub fn new(parts: Parts) -> Self {
+        let Parts {
+            store,
+            passwords,
+            jwt,
+            config,
+            mail_wake,
+            geo,
+            clock,
+            background,
+        } = parts;
         Self {
             store,
             passwords,
@@ -122,6 +140,8 @@ impl Auth {
             config,
             mail_wake,
             geo,
+            clock,
+            background,
         }
     }
 
@@ -205,7 +225,7 @@ impl Auth {
                     phone,
                     password_hash,
                     role,
-                    now: time::now(),
+                    now: self.clock.now(),
                 },
                 &verification,
                 &welcome,
@@ -279,7 +299,7 @@ impl Auth {
     fn rehash_in_background(&self, user_db_id: UserId, old_hash: String, password: String) {
         let passwords = self.passwords.clone();
         let store = Arc::clone(&self.store);
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             let result = match passwords.hash(password).await {
                 Ok(hash) => store
                     .upgrade_password_hash(user_db_id, &old_hash, &hash)
@@ -300,7 +320,7 @@ impl Auth {
         client: ClientInfo,
         attempt: protection::AttemptId,
     ) -> Result<IssuedTokens, Error> {
-        let now = time::now();
+        let now = self.clock.now();
         let session_cookie = random_token();
         let refresh_token = random_token();
         let session_id = SessionId::new(uuid::Uuid::new_v4().to_string());
@@ -359,7 +379,7 @@ impl Auth {
                 "Refresh token is required.",
             )]));
         }
-        let now = time::now();
+        let now = self.clock.now();
         let new_refresh = random_token();
         let new_cookie = random_token();
         let outcome = self
@@ -392,10 +412,10 @@ impl Auth {
     /// An access token is good while its signature, `exp` and `iss` hold and its session is
     /// active: one database round trip, which also returns the current user.
     pub async fn authenticate_bearer(&self, token: &str) -> Result<Principal, Error> {
-        let claims = self.jwt.verify(token)?;
+        let claims = self.jwt.verify(token, self.clock.now())?;
         let found = self
             .store
-            .session_by_id(&SessionId::new(claims.sid), time::now())
+            .session_by_id(&SessionId::new(claims.sid), self.clock.now())
             .await?;
         match found {
             Some(su) if su.user.uid.as_str() == claims.sub => Ok(self.principal(su)),
@@ -406,7 +426,7 @@ impl Auth {
     pub async fn authenticate_cookie(&self, cookie: &str) -> Result<Principal, Error> {
         let found = self
             .store
-            .session_by_cookie(&digest(cookie), time::now())
+            .session_by_cookie(&digest(cookie), self.clock.now())
             .await?;
         found
             .map(|su| self.principal(su))
@@ -414,11 +434,11 @@ impl Auth {
     }
 
     fn principal(&self, su: SessionUser) -> Principal {
-        let now = time::now();
+        let now = self.clock.now();
         if (now - su.session.last_used_at).num_seconds() >= TOUCH_INTERVAL_SECS {
             let store = Arc::clone(&self.store);
             let id = su.session.id.clone();
-            tokio::spawn(async move {
+            self.background.spawn(async move {
                 if let Err(e) = store.touch_session(&id, now).await {
                     tracing::warn!(error = %e, "could not record session use");
                 }
@@ -432,7 +452,11 @@ impl Auth {
 
     pub async fn logout(&self, principal: &Principal) -> Result<(), Error> {
         self.store
-            .revoke_session(principal.user.db_id, principal.session_id()?, time::now())
+            .revoke_session(
+                principal.user.db_id,
+                principal.session_id()?,
+                self.clock.now(),
+            )
             .await?;
         Ok(())
     }
@@ -442,7 +466,7 @@ impl Auth {
         principal.session_id()?;
         let ended = self
             .store
-            .revoke_all_sessions(principal.user.db_id, api_keys, time::now())
+            .revoke_all_sessions(principal.user.db_id, api_keys, self.clock.now())
             .await?;
         tracing::info!(user = %principal.user.uid, sessions = ended, api_keys, "signed out everywhere");
         Ok(ended)
@@ -452,7 +476,7 @@ impl Auth {
         principal.session_id()?;
         Ok(self
             .store
-            .list_sessions(principal.user.db_id, time::now())
+            .list_sessions(principal.user.db_id, self.clock.now())
             .await?)
     }
 
@@ -471,7 +495,7 @@ impl Auth {
             .revoke_session(
                 principal.user.db_id,
                 &SessionId::new(session_id),
-                time::now(),
+                self.clock.now(),
             )
             .await?
         {

@@ -39,7 +39,7 @@ impl Auth {
     /// Drops rate-limit records that no window reaches any more (a key that is never used
     /// again would otherwise keep its rows for ever).
     pub async fn prune_rate_limits(&self) -> Result<u64, Error> {
-        let before = time::now() - time::duration(HOUR);
+        let before = self.clock.now() - time::duration(HOUR);
         Ok(self.store.prune_rate_limits(before).await?)
     }
 
@@ -54,7 +54,7 @@ impl Auth {
         client: &ClientInfo,
     ) -> Result<AttemptId, Error> {
         let limits = &self.config.limits;
-        let now = time::now();
+        let now = self.clock.now();
         let counted_as = match account {
             Some(user) => CountedAs::Account {
                 username: user.username.to_lowercase(),
@@ -98,7 +98,7 @@ impl Auth {
     pub async fn prune_expired(&self) -> Result<u64, Error> {
         const BATCH: i64 = 1000;
         const ENDED_KEPT: chrono::Duration = chrono::Duration::days(30);
-        let now = time::now();
+        let now = self.clock.now();
         let kinds = [
             Prune::History {
                 before: now - time::duration(self.config.login_history_retention),
@@ -136,7 +136,7 @@ impl Auth {
         if !self.config.limits.enabled {
             return Ok(());
         }
-        let now = time::now();
+        let now = self.clock.now();
         let since = now - time::duration(HOUR);
         let keys: Vec<RateKey<'_>> = keys
             .iter()
@@ -175,7 +175,7 @@ impl Auth {
             attempt_id: attempt,
             result,
             ip,
-            now: time::now(),
+            now: self.clock.now(),
             account: account.map(|user| AccountAttempt {
                 user_db_id: user.db_id,
                 location,
@@ -245,7 +245,7 @@ impl Auth {
     fn complete_location(&self, log_id: LocationLogId, addr: IpAddr) {
         let geo = Arc::clone(&self.geo);
         let store = Arc::clone(&self.store);
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             let location = geo.lookup(addr).await;
             if let Err(e) = store.set_location(log_id, &location).await {
                 tracing::warn!(error = %e, "could not record a sign-in location");

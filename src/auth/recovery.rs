@@ -64,7 +64,7 @@ impl Auth {
         let token = NewToken {
             kind: TokenKind::EmailVerification,
             hash: digest(&token),
-            expires_at: time::now() + time::duration(VERIFICATION_TOKEN_TTL),
+            expires_at: self.clock.now() + time::duration(VERIFICATION_TOKEN_TTL),
         };
         Ok((token, email))
     }
@@ -111,7 +111,7 @@ impl Auth {
         F: std::future::Future<Output = Result<(), Error>> + Send + 'static,
     {
         let auth = Arc::clone(self);
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             if let Err(e) = work(auth).await {
                 tracing::error!(error = %e, "{what} failed");
             }
@@ -144,7 +144,7 @@ impl Auth {
                 reset_url: &self.reset_link(&token),
             },
         )?;
-        let now = time::now();
+        let now = self.clock.now();
         let token = NewToken {
             kind: TokenKind::PasswordReset,
             hash: digest(&token),
@@ -181,7 +181,7 @@ impl Auth {
         }
         let (token, email) = self.welcome(&user.name, &user.email)?;
         self.store
-            .issue_token(user.db_id, &token, &email, time::now())
+            .issue_token(user.db_id, &token, &email, self.clock.now())
             .await?;
         self.mail_wake.notify_one();
         Ok(())
@@ -192,7 +192,7 @@ impl Auth {
         let hash = digest(token.trim());
         let user = self
             .store
-            .token_user(TokenKind::PasswordReset, &hash, time::now())
+            .token_user(TokenKind::PasswordReset, &hash, self.clock.now())
             .await?
             .ok_or(Error::InvalidToken)?;
         let password = self
@@ -207,7 +207,7 @@ impl Auth {
         let notice = self.render(&user.email, &Email::PasswordChanged { name: &user.name })?;
         // The token is used inside the transaction: of two concurrent resets, one wins.
         self.store
-            .reset_password(&hash, &password_hash, &notice, time::now())
+            .reset_password(&hash, &password_hash, &notice, self.clock.now())
             .await?
             .ok_or(Error::InvalidToken)?;
         self.mail_wake.notify_one();
@@ -235,7 +235,7 @@ impl Auth {
         required("token", token)?;
         let user = self
             .store
-            .verify_email(&digest(token.trim()), time::now())
+            .verify_email(&digest(token.trim()), self.clock.now())
             .await?
             .ok_or(Error::InvalidToken)?;
         tracing::info!(user = %user.uid, "email verified");
@@ -270,7 +270,7 @@ impl Auth {
                 &password_hash,
                 principal.session_id()?,
                 &notice,
-                time::now(),
+                self.clock.now(),
             )
             .await?;
         self.mail_wake.notify_one();

@@ -235,7 +235,7 @@ pub async fn envelope(request: Request, next: Next) -> Response {
             code: parts.code.to_owned(),
             message: parts.message,
             details: parts.details,
-            timestamp: crate::time::rfc3339(crate::time::now()),
+            timestamp: crate::time::rfc3339(crate::time::Clock::system().now()),
             path,
             method,
             request_id,

@@ -7,7 +7,7 @@ use tokio::sync::{watch, Notify};
 
 use super::transport::Transport;
 use crate::store::{Delivery, Store, StoreError};
-use crate::time::{self, Timestamp};
+use crate::time::{self, Clock, Timestamp};
 
 /// A claimed email is another worker's to retry after this (ours crashed mid-send).
 const LEASE: Duration = Duration::from_secs(300);
@@ -44,6 +44,7 @@ pub struct Outbox {
     from: String,
     first_retry: Duration,
     wake: Arc<Notify>,
+    clock: Clock,
 }
 
 impl Outbox {
@@ -53,6 +54,7 @@ impl Outbox {
         from: String,
         first_retry: Duration,
         wake: Arc<Notify>,
+        clock: Clock,
     ) -> Self {
         Self {
             store,
@@ -60,12 +62,13 @@ impl Outbox {
             from,
             first_retry,
             wake,
+            clock,
         }
     }
 
     /// Claims one due email and tries to deliver it.
     pub async fn try_send_next(&self) -> Result<Outcome, StoreError> {
-        let now = time::now();
+        let now = self.clock.now();
         let Some(email) = self
             .store
             .claim_email(now, now + time::duration(LEASE))
@@ -89,7 +92,7 @@ impl Outbox {
         let (error, permanent) = match sent {
             Ok(Ok(())) => {
                 self.store
-                    .finish_email(email.id, &Delivery::Sent, time::now())
+                    .finish_email(email.id, &Delivery::Sent, self.clock.now())
                     .await?;
                 tracing::info!(email = email.id, "email delivered");
                 return Ok(Outcome::Sent);
@@ -97,7 +100,7 @@ impl Outbox {
             Ok(Err(e)) => (e.to_string(), e.is_permanent()),
             Err(_) => ("timed out".to_owned(), false),
         };
-        let now = time::now();
+        let now = self.clock.now();
         let (delivery, outcome) = if permanent || self.too_old(email.created_at, now) {
             tracing::error!(email = email.id, attempts = email.attempts, %error, "email given up");
             (Delivery::GiveUp { error }, Outcome::GaveUp)

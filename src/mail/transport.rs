@@ -162,7 +162,9 @@ async fn write_to_mailbox(dir: &Path, to: &str, message: &[u8]) -> Result<PathBu
 
     let stem = format!(
         "{}-{}",
-        crate::time::now().format("%Y%m%dT%H%M%S%.6fZ"),
+        crate::time::Clock::system()
+            .now()
+            .format("%Y%m%dT%H%M%S%.6fZ"),
         file_name_part(to)
     );
     // A leading dot keeps it out of `*.eml` globs while it is being written.

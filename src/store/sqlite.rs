@@ -138,7 +138,7 @@ mod tests {
         NewToken {
             kind: TokenKind::EmailVerification,
             hash: crate::auth::tokens::digest(&crate::auth::tokens::random_token()),
-            expires_at: crate::time::now() + chrono::Duration::hours(24),
+            expires_at: crate::time::Clock::system().now() + chrono::Duration::hours(24),
         }
     }
 
@@ -202,7 +202,7 @@ mod tests {
             phone: None,
             password_hash: "hash".into(),
             role: Role::User,
-            now: crate::time::now(),
+            now: crate::time::Clock::system().now(),
         }
     }
 
@@ -235,7 +235,7 @@ mod tests {
     async fn rate_limits_count_in_their_window_and_old_records_are_pruned() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir).await;
-        let now = crate::time::now();
+        let now = crate::time::Clock::system().now();
         let hour = chrono::Duration::hours(1);
         let two_hours_ago = now - hour * 2;
         // One call two hours ago, two now: with a limit of 2 per hour, the third is refused.
@@ -413,7 +413,11 @@ mod tests {
             Err(StoreError::NotFound)
         ));
 
-        start(&s, &new_session(&u, "s1", crate::time::now())).await;
+        start(
+            &s,
+            &new_session(&u, "s1", crate::time::Clock::system().now()),
+        )
+        .await;
         for who in ["carol1", "carol@example.com", "someone-else"] {
             sqlx::query(
                 "INSERT INTO login_attempts (ip_address, email_or_username) VALUES ('1.2.3.4', $1)",
@@ -456,7 +460,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let now = crate::time::now();
+        let now = crate::time::Clock::system().now();
         let ns = new_session(&u, "s1", now);
         start(&s, &ns).await;
 
@@ -527,7 +531,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let now = crate::time::now();
+        let now = crate::time::Clock::system().now();
         start(&s, &new_session(&u, "s1", now)).await;
 
         let later = now + chrono::Duration::seconds(60);
@@ -588,13 +592,14 @@ mod tests {
             .await
             .unwrap();
         for round in 0..5 {
-            let now = crate::time::now();
+            let now = crate::time::Clock::system().now();
             let id = format!("s{round}");
             start(&s, &new_session(&u, &id, now)).await;
             let tasks: Vec<_> = (0..8)
                 .map(|i| {
                     let s = Arc::clone(&s);
                     let r = rotation(&format!("refresh-{id}"), &format!("{id}-new{i}"), now);
+                    #[allow(clippy::disallowed_methods)] // racing rotations on purpose
                     tokio::spawn(async move { s.rotate_refresh_token(&r).await })
                 })
                 .collect();

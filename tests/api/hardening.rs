@@ -319,27 +319,29 @@ async fn an_administrator_unlocks_an_account(backend: Backend) {
 }
 
 async fn a_session_ends_at_its_absolute_age_whatever_the_refreshes(backend: Backend) {
-    let app = TestApp::builder(backend)
-        .env("SESSION_MAX_AGE_SECS", "3")
-        .spawn()
-        .await;
+    // The defaults: 30-day sliding sessions, 90 days at most from sign-in.
+    let app = TestApp::spawn(backend).await;
     let (_, mut tokens) = app.signed_in_user().await;
-    // The server's clock is real time: the session must age for real.
-    for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+    let day = Duration::from_secs(86_400);
+    // Refreshed every 29 days, the session lives on…
+    for _ in 0..3 {
+        app.advance(day * 29);
         tokens = app.refresh(&tokens).await;
     }
-    tokio::time::sleep(Duration::from_millis(1300)).await;
-    let r = app.try_refresh(&tokens.refresh_token).await;
+    // …until day 90 from sign-in, whatever the refreshes: a refresh on day 89 still works
+    // but cannot carry the session further…
+    app.advance(day * 2);
+    let last = app.refresh(&tokens).await;
+    app.assert_signed_in(&last.token).await;
+    // …and on day 90 the session is over.
+    app.advance(day * 2);
+    let r = app.try_refresh(&last.refresh_token).await;
     assert_error(r, 401, "unauthorized").await;
-    app.assert_signed_out(&tokens.token).await;
 }
 
 async fn a_retried_refresh_is_not_theft_but_a_late_replay_is(backend: Backend) {
-    let app = TestApp::builder(backend)
-        .env("REFRESH_REUSE_GRACE_SECS", "1")
-        .spawn()
-        .await;
+    // The default grace: 10 seconds.
+    let app = TestApp::spawn(backend).await;
     let (_, first) = app.signed_in_user().await;
     let tab_one = app.refresh(&first).await;
     // The same token again at once (a second tab, a lost answer): a new token, same session.
@@ -347,8 +349,8 @@ async fn a_retried_refresh_is_not_theft_but_a_late_replay_is(backend: Backend) {
     assert_ne!(tab_one.refresh_token, tab_two.refresh_token);
     app.assert_signed_in(&tab_two.token).await;
 
-    // Past the grace (real time: the server's clock).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Past the grace.
+    app.advance(Duration::from_secs(11));
     let r = app.try_refresh(&first.refresh_token).await;
     assert_error(r, 401, "refresh_token_reused").await;
     app.assert_signed_out(&tab_one.token).await;
@@ -357,13 +359,11 @@ async fn a_retried_refresh_is_not_theft_but_a_late_replay_is(backend: Backend) {
 }
 
 async fn expired_and_bad_tokens_say_so_with_a_challenge(backend: Backend) {
-    let app = TestApp::builder(backend)
-        .env("ACCESS_TOKEN_TTL_SECS", "1")
-        .spawn()
-        .await;
+    // The default lifetime: an hour.
+    let app = TestApp::spawn(backend).await;
     let (user, tokens) = app.signed_in_user().await;
-    // Past the token's lifetime (real time: the server's clock).
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    app.assert_signed_in(&tokens.token).await;
+    app.advance(Duration::from_secs(3601));
     let r = app.try_me(&tokens.token).await;
     assert_eq!(
         r.headers()["www-authenticate"],

@@ -10,6 +10,8 @@ use authflow::app::App;
 use authflow::config::Config;
 use authflow::mail::outbox::{Outbox, Outcome};
 use authflow::mail::transport::Transport;
+use authflow::tasks::Background;
+use authflow::time::Clock;
 use reqwest::{Method, Response};
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
@@ -439,6 +441,7 @@ impl TestAppBuilder {
         let config = Config::from_vars(&vars)?;
         let app = App::build(config.clone()).await?;
         let port = app.port();
+        let (clock, background) = (app.clock(), app.background());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
@@ -470,6 +473,8 @@ impl TestAppBuilder {
             shutdown: Some(tx),
             server: Some(server),
             dir,
+            clock,
+            background,
             _database: database,
         })
     }
@@ -487,6 +492,10 @@ pub struct TestApp {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     dir: TempDir,
+    /// The server's clock: `app.advance(…)` moves it instead of sleeping.
+    clock: Clock,
+    /// The server's background work: `app.settled()` waits for it.
+    background: Background,
     /// The PostgreSQL database this app made, dropped with it (after the server's own fields).
     _database: Option<PgDatabase>,
 }
@@ -542,11 +551,23 @@ impl TestApp {
         format!("{}{path}", self.address)
     }
 
+    /// Moves the server's clock forward: expiries, windows and lifetimes pass without a sleep.
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
+    /// Waits until the server's background work (rehashes, location lookups, session and
+    /// key touches, emails queued after an answer) has finished.
+    pub async fn settled(&self) {
+        self.background.settled().await;
+    }
+
     /// Delivers every email that is due now, and waits for those another worker (the
     /// server's own) is sending: afterwards nothing that was queued is still on its way.
-    /// Emails queued after the answer (forgot-password, resend-verification) may not be
-    /// queued yet: wait for those with `wait_for_emails`.
+    /// Emails queued after the answer (forgot-password, resend-verification) are queued by
+    /// tracked background work, which this waits for first.
     pub async fn deliver_all_emails(&self) {
+        self.settled().await;
         let outbox = self
             .outbox
             .get_or_init(|| async {
@@ -560,6 +581,7 @@ impl TestApp {
                     self.config.mail.from.clone(),
                     self.config.mail.first_retry,
                     std::sync::Arc::new(tokio::sync::Notify::new()),
+                    self.clock.clone(),
                 )
             })
             .await;
