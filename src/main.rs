@@ -125,6 +125,7 @@ async fn create_admin(
     let services = Services::connect(config).await?;
     let auth = &services.auth;
     if let Some(user) = auth
+        .admin()
         .promote_to_admin(username)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?
@@ -137,7 +138,11 @@ async fn create_admin(
         return Ok(());
     }
     let password = admin_password()?;
-    match auth.create_admin(username, email, name, &password).await {
+    match auth
+        .admin()
+        .create_admin(username, email, name, &password)
+        .await
+    {
         Ok(user) => {
             tracing::info!(user = %user.uid, "administrator created");
             println!("{}", user.uid);

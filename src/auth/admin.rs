@@ -1,6 +1,6 @@
 //! Use-cases of administration: finding, changing and removing accounts; making admins.
 
-use super::{normalize_identifier, Auth, Principal, Registration, Scope};
+use super::{normalize_identifier, Administration, Auth, Principal, Registration, Scope};
 use crate::domain::UserUid;
 use crate::error::Error;
 use crate::store::{AdminChange, Role, User};
@@ -31,6 +31,20 @@ impl Auth {
         }
         Ok(caller.user.clone())
     }
+}
+
+impl Administration<'_> {
+    /// The account an administrative change is about. A key never manages its own owner's
+    /// account or sessions (a key cannot manage the account, SPEC §4).
+    async fn target_of(&self, caller: &Principal, uid: &str) -> Result<User, Error> {
+        let target = self.user(caller, uid).await?;
+        if target.db_id == caller.user.db_id && caller.session_id().is_err() {
+            return Err(Error::Forbidden(
+                "API keys cannot manage the account or sessions of their owner.",
+            ));
+        }
+        Ok(target)
+    }
 
     pub async fn list_users(
         &self,
@@ -49,7 +63,7 @@ impl Auth {
         Ok((page.users, page.total))
     }
 
-    pub async fn admin_user(&self, caller: &Principal, uid: &str) -> Result<User, Error> {
+    pub async fn user(&self, caller: &Principal, uid: &str) -> Result<User, Error> {
         self.require_admin(caller, Scope::UsersRead)?;
         // Ids are at most 100 characters (the old `user_uid` column) and never hold NUL.
         if uid.contains('\0') || uid.chars().count() > 100 {
@@ -61,21 +75,9 @@ impl Auth {
             .ok_or(Error::NotFound("user"))
     }
 
-    /// The account an administrative change is about. A key never manages its own owner's
-    /// account or sessions (a key cannot manage the account, SPEC §4).
-    async fn target_of(&self, caller: &Principal, uid: &str) -> Result<User, Error> {
-        let target = self.admin_user(caller, uid).await?;
-        if target.db_id == caller.user.db_id && caller.session_id().is_err() {
-            return Err(Error::Forbidden(
-                "API keys cannot manage the account or sessions of their owner.",
-            ));
-        }
-        Ok(target)
-    }
-
     /// A changed role or a deactivation revokes the user's sessions at once; their keys stop
     /// working while they are inactive. An administrator cannot lock themselves out.
-    pub async fn admin_update_user(
+    pub async fn update_user(
         &self,
         caller: &Principal,
         uid: &str,
@@ -105,7 +107,7 @@ impl Auth {
         Ok(user)
     }
 
-    pub async fn admin_delete_user(&self, caller: &Principal, uid: &str) -> Result<(), Error> {
+    pub async fn delete_user(&self, caller: &Principal, uid: &str) -> Result<(), Error> {
         self.require_admin(caller, Scope::UsersWrite)?;
         let target = self.target_of(caller, uid).await?;
         if target.db_id == caller.user.db_id {
@@ -118,7 +120,7 @@ impl Auth {
         Ok(())
     }
 
-    pub async fn admin_logout_all(&self, caller: &Principal, uid: &str) -> Result<u64, Error> {
+    pub async fn logout_all(&self, caller: &Principal, uid: &str) -> Result<u64, Error> {
         self.require_admin(caller, Scope::UsersWrite)?;
         let target = self.target_of(caller, uid).await?;
         Ok(self
@@ -128,7 +130,7 @@ impl Auth {
     }
 
     /// Clears every sign-in failure counted against the account (`users:write`).
-    pub async fn admin_unlock(&self, caller: &Principal, uid: &str) -> Result<u64, Error> {
+    pub async fn unlock(&self, caller: &Principal, uid: &str) -> Result<u64, Error> {
         self.require_admin(caller, Scope::UsersWrite)?;
         let target = self.target_of(caller, uid).await?;
         let cleared = self.clear_sign_in_failures(&target).await?;
@@ -175,7 +177,10 @@ impl Auth {
             phone: None,
             role: None,
         };
-        let user = self.create_account(registration, Role::Admin, None).await?;
+        let user = self
+            .accounts()
+            .create_account(registration, Role::Admin, None)
+            .await?;
         let verified = AdminChange {
             email_verified: Some(true),
             ..AdminChange::default()

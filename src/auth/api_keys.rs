@@ -6,7 +6,7 @@ use rand::RngCore;
 use subtle::ConstantTimeEq;
 
 use super::tokens::{digest, random_token};
-use super::{Auth, ClientInfo, Credential, Principal};
+use super::{ApiKeys, ClientInfo, Credential, Principal};
 use crate::domain::ApiKeyId;
 pub use crate::domain::Scope;
 use crate::error::{Error, FieldError};
@@ -47,10 +47,10 @@ pub fn is_api_key(value: &str) -> bool {
     value.starts_with(PREFIX)
 }
 
-impl Auth {
+impl ApiKeys<'_> {
     /// Signed in with a session (a key cannot make keys) and the current password again;
     /// `users:*` scopes need an admin. The owner is emailed about the new key.
-    pub async fn create_api_key(
+    pub async fn create(
         &self,
         principal: &Principal,
         request: KeyRequest,
@@ -149,12 +149,12 @@ impl Auth {
         })
     }
 
-    pub async fn list_api_keys(&self, principal: &Principal) -> Result<Vec<ApiKey>, Error> {
+    pub async fn list(&self, principal: &Principal) -> Result<Vec<ApiKey>, Error> {
         principal.session_id()?;
         Ok(self.store.list_api_keys(principal.user.db_id).await?)
     }
 
-    pub async fn delete_api_key(&self, principal: &Principal, id: &str) -> Result<(), Error> {
+    pub async fn delete(&self, principal: &Principal, id: &str) -> Result<(), Error> {
         principal.session_id()?;
         let well_formed = id.len() == ID_LEN && id.chars().all(|c| c.is_ascii_hexdigit());
         if well_formed
@@ -172,7 +172,7 @@ impl Auth {
 
     /// One database round trip: the key by its id, with its owner (who must be active); the
     /// secret's digest compared in constant time.
-    pub async fn authenticate_api_key(&self, value: &str) -> Result<Principal, Error> {
+    pub async fn authenticate(&self, value: &str) -> Result<Principal, Error> {
         let (id, secret) = split(value).ok_or(Error::Unauthorized)?;
         let now = self.clock.now();
         let owner = self

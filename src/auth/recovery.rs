@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::tokens::{digest, random_token};
-use super::{normalize_identifier, Auth, ClientInfo, Principal};
+use super::{normalize_identifier, Auth, ClientInfo, Principal, Recovery};
 use crate::domain::Email as EmailAddress;
 use crate::error::{Error, FieldError};
 use crate::mail::templates::{render, Email};
@@ -118,20 +118,6 @@ impl Auth {
         });
     }
 
-    /// Sends a reset link if the address has an account; the caller answers the same either way.
-    pub async fn forgot_password(
-        self: &Arc<Self>,
-        email: &str,
-        client: &ClientInfo,
-    ) -> Result<(), Error> {
-        let address = Self::parse_address(email)?;
-        self.take_recovery_limits(&address, client).await?;
-        self.in_background("password reset email", move |auth| async move {
-            auth.send_reset(&address).await
-        });
-        Ok(())
-    }
-
     async fn send_reset(&self, address: &str) -> Result<(), Error> {
         let Some(user) = self.account_for_address(address).await? else {
             return Ok(());
@@ -158,20 +144,6 @@ impl Auth {
         Ok(())
     }
 
-    /// Sends a new verification link if the address has an unverified account.
-    pub async fn resend_verification(
-        self: &Arc<Self>,
-        email: &str,
-        client: &ClientInfo,
-    ) -> Result<(), Error> {
-        let address = Self::parse_address(email)?;
-        self.take_recovery_limits(&address, client).await?;
-        self.in_background("verification email", move |auth| async move {
-            auth.send_verification(&address).await
-        });
-        Ok(())
-    }
-
     async fn send_verification(&self, address: &str) -> Result<(), Error> {
         let Some(user) = self.account_for_address(address).await? else {
             return Ok(());
@@ -184,6 +156,28 @@ impl Auth {
             .issue_token(user.db_id, &token, &email, self.clock.now())
             .await?;
         self.mail_wake.notify_one();
+        Ok(())
+    }
+}
+
+impl Recovery<'_> {
+    /// Sends a reset link if the address has an account; the caller answers the same either way.
+    pub async fn forgot_password(&self, email: &str, client: &ClientInfo) -> Result<(), Error> {
+        let address = Auth::parse_address(email)?;
+        self.take_recovery_limits(&address, client).await?;
+        self.in_background("password reset email", move |auth| async move {
+            auth.send_reset(&address).await
+        });
+        Ok(())
+    }
+
+    /// Sends a new verification link if the address has an unverified account.
+    pub async fn resend_verification(&self, email: &str, client: &ClientInfo) -> Result<(), Error> {
+        let address = Auth::parse_address(email)?;
+        self.take_recovery_limits(&address, client).await?;
+        self.in_background("verification email", move |auth| async move {
+            auth.send_verification(&address).await
+        });
         Ok(())
     }
 

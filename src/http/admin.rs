@@ -84,6 +84,7 @@ async fn list_users(
     }
     let (users, total) = state
         .auth
+        .admin()
         .list_users(&caller, query.q.as_deref(), page, per_page)
         .await?;
     Ok(Json(UserList {
@@ -106,7 +107,7 @@ async fn get_user(
     Path(id): Path<String>,
 ) -> Result<Json<UserView>, Error> {
     Ok(Json(UserView::from(
-        &state.auth.admin_user(&caller, &id).await?,
+        &state.auth.admin().user(&caller, &id).await?,
     )))
 }
 
@@ -129,7 +130,7 @@ async fn update_user(
         email_verified: body.email_verified,
     };
     Ok(Json(UserView::from(
-        &state.auth.admin_update_user(&caller, &id, change).await?,
+        &state.auth.admin().update_user(&caller, &id, change).await?,
     )))
 }
 
@@ -144,7 +145,7 @@ async fn delete_user(
     Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Error> {
-    state.auth.admin_delete_user(&caller, &id).await?;
+    state.auth.admin().delete_user(&caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -159,7 +160,7 @@ async fn logout_user(
     Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<MessageResponse>, Error> {
-    let n = state.auth.admin_logout_all(&caller, &id).await?;
+    let n = state.auth.admin().logout_all(&caller, &id).await?;
     Ok(Json(MessageResponse {
         message: format!("Revoked {n} session(s)"),
     }))
@@ -177,7 +178,7 @@ async fn unlock_user(
     Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<MessageResponse>, Error> {
-    let n = state.auth.admin_unlock(&caller, &id).await?;
+    let n = state.auth.admin().unlock(&caller, &id).await?;
     Ok(Json(MessageResponse {
         message: format!("Cleared {n} sign-in failure(s)"),
     }))

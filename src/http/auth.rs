@@ -143,6 +143,7 @@ async fn signin(
     let identifier = body.username.or(body.email).unwrap_or_default();
     let tokens = state
         .auth
+        .sessions()
         .sign_in(&identifier, body.password, client)
         .await?;
     Ok(signed_in(&state, tokens, "Login successful!"))
@@ -169,7 +170,11 @@ async fn refresh(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<RefreshRequest>,
 ) -> Result<Response, Error> {
-    let tokens = state.auth.refresh(body.refresh_token.trim()).await?;
+    let tokens = state
+        .auth
+        .sessions()
+        .refresh(body.refresh_token.trim())
+        .await?;
     Ok(signed_in(&state, tokens, "Token refreshed"))
 }
 
@@ -182,7 +187,7 @@ async fn logout(
     State(state): State<AppState>,
     AuthUser(principal): AuthUser,
 ) -> Result<Response, Error> {
-    state.auth.logout(&principal).await?;
+    state.auth.sessions().logout(&principal).await?;
     Ok(logged_out(&state, "Logout successful"))
 }
 
@@ -215,7 +220,11 @@ async fn logout_all(
     OptionalApiJson(body): OptionalApiJson<LogoutAllRequest>,
 ) -> Result<Response, Error> {
     let api_keys = body.is_some_and(|b| b.api_keys);
-    let n = state.auth.logout_all(&principal, api_keys).await?;
+    let n = state
+        .auth
+        .sessions()
+        .logout_all(&principal, api_keys)
+        .await?;
     Ok(logged_out(&state, &format!("Logged out of {n} session(s)")))
 }
 
@@ -228,7 +237,7 @@ async fn sessions(
     State(state): State<AppState>,
     AuthUser(principal): AuthUser,
 ) -> Result<Json<SessionsResponse>, Error> {
-    let sessions = state.auth.sessions(&principal).await?;
+    let sessions = state.auth.sessions().list(&principal).await?;
     let current = principal.session_id()?;
     Ok(Json(SessionsResponse {
         sessions: sessions
@@ -257,7 +266,7 @@ async fn delete_session(
     AuthUser(principal): AuthUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Error> {
-    state.auth.revoke_session(&principal, &id).await?;
+    state.auth.sessions().revoke(&principal, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -285,7 +294,7 @@ async fn verify_email(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<TokenRequest>,
 ) -> Result<Json<MessageResponse>, Error> {
-    state.auth.verify_email(&body.token).await?;
+    state.auth.recovery().verify_email(&body.token).await?;
     Ok(Json(MessageResponse {
         message: "Email verified successfully!".into(),
     }))
@@ -300,7 +309,7 @@ async fn verify_email_link(
     State(state): State<AppState>,
     Query(query): Query<TokenRequest>,
 ) -> Response {
-    let (status, title, text) = match state.auth.verify_email_link(&query.token).await {
+    let (status, title, text) = match state.auth.recovery().verify_email_link(&query.token).await {
         Ok(true) => (StatusCode::OK, "Email verified", "Your email address is verified. You can close this page."),
         Ok(false) => (StatusCode::OK, "Email verified", "Your email address is already verified. You can close this page."),
         Err(Error::InvalidToken | Error::Validation(_)) => (
@@ -340,7 +349,11 @@ async fn resend_verification(
     Client(client): Client,
     ApiJson(body): ApiJson<super::password::EmailRequest>,
 ) -> Result<Json<MessageResponse>, Error> {
-    state.auth.resend_verification(&body.email, &client).await?;
+    state
+        .auth
+        .recovery()
+        .resend_verification(&body.email, &client)
+        .await?;
     Ok(Json(MessageResponse {
         message: super::password::RECOVERY_MESSAGE.into(),
     }))

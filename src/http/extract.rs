@@ -281,7 +281,7 @@ impl FromRequestParts<AppState> for MaybeAuthUser {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
         if let Some(value) = parts.headers.get(API_KEY_HEADER) {
             let key = value.to_str().map_err(|_| Error::Unauthorized)?.trim();
-            return Ok(Self(Some(state.auth.authenticate_api_key(key).await?)));
+            return Ok(Self(Some(state.auth.keys().authenticate(key).await?)));
         }
         if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
             let token = value
@@ -293,9 +293,9 @@ impl FromRequestParts<AppState> for MaybeAuthUser {
                 })
                 .ok_or(Error::Unauthorized)?;
             let principal = if is_api_key(token) {
-                state.auth.authenticate_api_key(token).await?
+                state.auth.keys().authenticate(token).await?
             } else {
-                state.auth.authenticate_bearer(token).await?
+                state.auth.sessions().authenticate_bearer(token).await?
             };
             return Ok(Self(Some(principal)));
         }
@@ -304,7 +304,11 @@ impl FromRequestParts<AppState> for MaybeAuthUser {
             return Ok(Self(None));
         };
         // An invalid cookie is 401 whatever the Origin: the client learns to sign in again.
-        let principal = state.auth.authenticate_cookie(cookie.value()).await?;
+        let principal = state
+            .auth
+            .sessions()
+            .authenticate_cookie(cookie.value())
+            .await?;
         // A browser sends the cookie along with any site's request: a state change made with
         // it must come from a page of ours (CSRF).
         if !parts.method.is_safe() {

@@ -101,7 +101,8 @@ async fn create_key(
 ) -> Result<(StatusCode, Json<CreatedKeyResponse>), Error> {
     let created = state
         .auth
-        .create_api_key(
+        .keys()
+        .create(
             &principal,
             KeyRequest {
                 name: body.name,
@@ -134,7 +135,7 @@ async fn list_keys(
     State(state): State<AppState>,
     AuthUser(principal): AuthUser,
 ) -> Result<Json<KeyList>, Error> {
-    let keys = state.auth.list_api_keys(&principal).await?;
+    let keys = state.auth.keys().list(&principal).await?;
     Ok(Json(KeyList {
         keys: keys.iter().map(KeyView::from).collect(),
     }))
@@ -151,6 +152,6 @@ async fn delete_key(
     AuthUser(principal): AuthUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Error> {
-    state.auth.delete_api_key(&principal, &id).await?;
+    state.auth.keys().delete(&principal, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -83,7 +83,11 @@ async fn forgot_password(
     Client(client): Client,
     ApiJson(body): ApiJson<EmailRequest>,
 ) -> Result<Json<MessageResponse>, Error> {
-    state.auth.forgot_password(&body.email, &client).await?;
+    state
+        .auth
+        .recovery()
+        .forgot_password(&body.email, &client)
+        .await?;
     Ok(message(RECOVERY_MESSAGE))
 }
 
@@ -97,6 +101,7 @@ async fn reset_password(
 ) -> Result<Json<MessageResponse>, Error> {
     state
         .auth
+        .recovery()
         .reset_password(&body.token, &body.password)
         .await?;
     Ok(message("Password updated successfully!"))
@@ -117,6 +122,7 @@ async fn change_password(
 ) -> Result<Json<MessageResponse>, Error> {
     state
         .auth
+        .recovery()
         .change_password(
             &principal,
             body.current_password,

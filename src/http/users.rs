@@ -61,6 +61,7 @@ async fn login_history(
 ) -> Result<Json<LoginHistoryResponse>, Error> {
     let records = state
         .auth
+        .accounts()
         .login_history(&principal, query.limit.unwrap_or(50))
         .await?;
     Ok(Json(LoginHistoryResponse {
@@ -193,6 +194,7 @@ async fn create_account(
     };
     let user = state
         .auth
+        .accounts()
         .register(registration, caller.as_ref(), &client)
         .await?;
     Ok((
@@ -228,6 +230,7 @@ async fn update_me(
 ) -> Result<Json<UserView>, Error> {
     let user = state
         .auth
+        .accounts()
         .update_profile(&principal, body.name.as_deref(), body.phone.as_deref())
         .await?;
     Ok(Json(UserView::from(&user)))
@@ -249,6 +252,7 @@ async fn delete_me(
 ) -> Result<StatusCode, Error> {
     state
         .auth
+        .accounts()
         .delete_account(&principal, body.password, &client)
         .await?;
     Ok(StatusCode::NO_CONTENT)
