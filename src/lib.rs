@@ -6,16 +6,16 @@ pub mod app;
 pub mod auth;
 /// Configuration from the environment (SPEC §2).
 pub mod config;
-/// Validated input types.
-pub mod domain;
-/// The error type and its JSON envelope.
+/// Validated input types, typed ids, field errors.
+pub(crate) mod domain;
+/// The use-cases' error type (its HTTP envelope is `http::error`).
 pub mod error;
 /// Owner-only folders and files.
-pub mod files;
+pub(crate) mod files;
 /// Client IP resolution.
-pub mod geo;
+pub(crate) mod geo;
 /// Routes, extractors and layers.
-pub mod http;
+pub(crate) mod http;
 /// Email templates, outbox worker and transports.
 pub mod mail;
 /// The accept loop: connections, their timeouts and cap, graceful shutdown.
@@ -27,4 +27,4 @@ pub mod tasks;
 /// The service's clock and timestamps.
 pub mod time;
 /// Reading and checking environment variables; secrets that never print.
-pub mod vars;
+pub(crate) mod vars;

@@ -7,7 +7,7 @@ pub mod password;
 mod protection;
 mod recovery;
 mod sessions;
-pub mod tokens;
+pub(crate) mod tokens;
 
 use std::net::IpAddr;
 use std::sync::Arc;

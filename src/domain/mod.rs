@@ -3,12 +3,14 @@
 
 mod ids;
 mod scope;
+mod user;
 
 use unicode_normalization::UnicodeNormalization;
 
 pub use ids::{ApiKeyId, SessionId, UserId, UserUid};
 pub use scope::Scope;
 use serde::Serialize;
+pub use user::{Role, User};
 use utoipa::ToSchema;
 
 /// One invalid field of a request.

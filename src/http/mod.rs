@@ -157,13 +157,6 @@ async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> R
     }
 }
 
-/// The OpenAPI document of every route, generated from the handlers' annotations.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    let mut openapi = api_router().split_for_parts().1;
-    docs::complete(&mut openapi);
-    openapi
-}
-
 fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health))

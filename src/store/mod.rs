@@ -1,9 +1,9 @@
 //! Storage: `trait Store`, its models and errors; one implementation per backend, chosen from the URL.
 
 mod dialect;
-pub mod postgres;
+pub(crate) mod postgres;
 mod sql;
-pub mod sqlite;
+pub(crate) mod sqlite;
 
 use std::sync::Arc;
 
@@ -35,46 +35,7 @@ pub enum StoreError {
     Setup(String),
 }
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    User,
-    Admin,
-}
-
-impl Role {
-    /// Roles other than `admin` in an adopted database (or none) are plain users.
-    pub fn from_name(name: Option<&str>) -> Self {
-        match name {
-            Some("admin") => Role::Admin,
-            _ => Role::User,
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::User => "user",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-/// An account as the service sees it. `db_id` is internal and never leaves the service.
-#[derive(Debug, Clone)]
-pub struct User {
-    pub db_id: UserId,
-    pub uid: UserUid,
-    pub username: String,
-    pub name: String,
-    pub email: String,
-    pub phone: Option<String>,
-    pub role: Role,
-    pub email_verified: bool,
-    pub active: bool,
-    pub created_at: Timestamp,
-    pub last_login: Option<Timestamp>,
-}
+pub use crate::domain::{Role, User};
 
 #[derive(Debug, Clone)]
 pub struct NewUser {
