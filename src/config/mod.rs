@@ -337,7 +337,7 @@ mod tests {
     fn mail_defaults_are_the_documented_ones() {
         let c = Config::from_vars(&vars(&[])).unwrap();
         assert!(c.mail.smtp_url.is_none());
-        assert_eq!(c.mail.from, "Auth Flow <no-reply@localhost>");
+        assert_eq!(c.mail.from.to_string(), "Auth Flow <no-reply@localhost>");
         assert_eq!(c.mail.mailbox_dir, PathBuf::from("data/mail"));
         assert_eq!(c.password_reset_url, "http://localhost:8080/reset-password");
         assert_eq!(c.mail.first_retry, Duration::from_secs(15));
@@ -362,7 +362,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.mail.first_retry, Duration::from_secs(1));
         assert_eq!(c.mail.mailbox_dir, PathBuf::from("/tmp/mail"));
-        assert_eq!(c.mail.from, "\"Example, Inc.\" <accounts@example.com>");
+        assert_eq!(
+            c.mail.from.to_string(),
+            "\"Example, Inc.\" <accounts@example.com>"
+        );
         assert_eq!(c.password_reset_url, "https://app.example.com/reset");
     }
 

@@ -8,6 +8,7 @@ use tokio::sync::{watch, Notify};
 use super::transport::Transport;
 use crate::store::{Delivery, Store, StoreError};
 use crate::time::{self, Clock, Timestamp};
+use lettre::message::Mailbox;
 
 /// A claimed email is another worker's to retry after this (ours crashed mid-send).
 const LEASE: Duration = Duration::from_secs(300);
@@ -41,7 +42,7 @@ pub fn backoff(first: Duration, attempts: i32) -> Duration {
 pub struct Outbox {
     store: Arc<dyn Store>,
     transport: Transport,
-    from: String,
+    from: Mailbox,
     first_retry: Duration,
     wake: Arc<Notify>,
     clock: Clock,
@@ -51,7 +52,7 @@ impl Outbox {
     pub fn new(
         store: Arc<dyn Store>,
         transport: Transport,
-        from: String,
+        from: Mailbox,
         first_retry: Duration,
         wake: Arc<Notify>,
         clock: Clock,

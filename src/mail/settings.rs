@@ -12,8 +12,8 @@ use crate::vars::{percent_encode, ConfigError, Secret, Vars};
 pub struct MailSettings {
     /// `None`: the development mailbox (files in `mailbox_dir`). Holds any SMTP password.
     pub smtp_url: Option<Secret>,
-    /// Sender, already checked to parse as a mailbox (`Name <address>` or `address`).
-    pub from: String,
+    /// Sender (`Name <address>` or `address`), parsed once at start.
+    pub from: Mailbox,
     pub mailbox_dir: PathBuf,
     /// `MAIL_FIRST_RETRY_SECS` (default 15, at most 600): wait before the first retry of an
     /// undelivered email, then doubling up to 10 minutes.
@@ -37,15 +37,17 @@ impl MailSettings {
                 "must be set (or SMTP_HOST with EMAIL_USERNAME / EMAIL_PASSWORD) when APP_ENV=production",
             ));
         }
-        let from = vars
+        let from_text = vars
             .text("MAIL_FROM")
             .unwrap_or_else(|| "Auth Flow <no-reply@localhost>".to_owned());
-        if let Err(e) = from.parse::<Mailbox>() {
-            return Err(ConfigError::new(
+        let from: Mailbox = from_text.parse().map_err(|e| {
+            ConfigError::new(
                 "MAIL_FROM",
-                format!("{from:?} is not a valid sender (\"Name <address>\" or an address): {e}"),
-            ));
-        }
+                format!(
+                    "{from_text:?} is not a valid sender (\"Name <address>\" or an address): {e}"
+                ),
+            )
+        })?;
         let mailbox_dir = vars
             .text("MAILBOX_DIR")
             .map_or_else(|| data_dir.join("mail"), PathBuf::from);

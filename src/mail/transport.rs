@@ -95,16 +95,13 @@ impl Transport {
     /// Sends one `multipart/alternative` email (plain text first, then HTML).
     pub async fn send(
         &self,
-        from: &str,
+        from: &Mailbox,
         to: &str,
         subject: &str,
         text: &str,
         html: &str,
     ) -> Result<(), SendError> {
-        let sender: Mailbox = from.parse().map_err(|error| SendError::Address {
-            role: "sender",
-            error,
-        })?;
+        let sender = from.clone();
         let recipient: Mailbox = to.parse().map_err(|error| SendError::Address {
             role: "recipient",
             error,
@@ -261,7 +258,13 @@ mod tests {
             "Hello Ada,\n\nhttps://auth.example.com/api/auth/verify-email?token=abc_DEF-123\n";
         let html = "<p>Hello Ada,</p><a href=\"https://auth.example.com/api/auth/verify-email?token=abc_DEF-123\">Verify</a>";
         transport
-            .send(FROM, "ada@example.com", "Welcome to Auth Flow", text, html)
+            .send(
+                &FROM.parse().unwrap(),
+                "ada@example.com",
+                "Welcome to Auth Flow",
+                text,
+                html,
+            )
             .await
             .unwrap();
 
@@ -297,7 +300,13 @@ mod tests {
         };
         for _ in 0..3 {
             transport
-                .send(FROM, "Ada <ada@example.com>", "Hi", "text", "<p>html</p>")
+                .send(
+                    &FROM.parse().unwrap(),
+                    "Ada <ada@example.com>",
+                    "Hi",
+                    "text",
+                    "<p>html</p>",
+                )
                 .await
                 .unwrap();
         }
@@ -319,7 +328,13 @@ mod tests {
             log_links: false,
         };
         let err = transport
-            .send(FROM, "not an address", "Hi", "text", "html")
+            .send(
+                &FROM.parse().unwrap(),
+                "not an address",
+                "Hi",
+                "text",
+                "html",
+            )
             .await
             .unwrap_err();
         assert!(err.is_permanent(), "{err}");
