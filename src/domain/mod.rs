@@ -204,21 +204,37 @@ const LOOKALIKES: &str = "4@8({[<36917|!0$5+%2";
 
 /// What zxcvbn is given of a password: a bounded prefix with a bounded set of look-alikes.
 fn scored_part(raw: &str) -> String {
-    let mut seen: Vec<char> = Vec::with_capacity(LOOKALIKES_MAX);
-    raw.chars()
-        .take(STRENGTH_PREFIX)
-        .map(|c| {
-            if !LOOKALIKES.contains(c) || seen.contains(&c) {
-                c
-            } else if seen.len() < LOOKALIKES_MAX {
-                seen.push(c);
-                c
-            } else {
-                // A symbol zxcvbn does not read as a letter.
-                '#'
-            }
-        })
-        .collect()
+    let kept = kept_lookalikes(raw);
+    with_lookalikes(raw.chars().take(STRENGTH_PREFIX), &kept)
+}
+
+/// The first [`LOOKALIKES_MAX`] distinct look-alikes of the scored prefix: the ones zxcvbn
+/// keeps; any other is scored as a plain symbol.
+fn kept_lookalikes(raw: &str) -> Vec<char> {
+    let mut kept: Vec<char> = Vec::with_capacity(LOOKALIKES_MAX);
+    for c in raw.chars().take(STRENGTH_PREFIX) {
+        if kept.len() == LOOKALIKES_MAX {
+            break;
+        }
+        if LOOKALIKES.contains(c) && !kept.contains(&c) {
+            kept.push(c);
+        }
+    }
+    kept
+}
+
+/// `text` with every look-alike not in `kept` replaced by a symbol zxcvbn does not read as a
+/// letter. The user inputs go through the same mapping as the password, so a password that
+/// repeats the username is still recognised as the username.
+fn with_lookalikes(text: impl Iterator<Item = char>, kept: &[char]) -> String {
+    text.map(|c| {
+        if LOOKALIKES.contains(c) && !kept.contains(&c) {
+            '#'
+        } else {
+            c
+        }
+    })
+    .collect()
 }
 
 impl std::fmt::Debug for NewPassword {
@@ -243,7 +259,8 @@ impl NewPassword {
         if !(8..=128).contains(&len) {
             return Err("Password must be 8 to 128 characters long.".into());
         }
-        let cut = |s: &str| -> String { s.chars().take(USER_INPUT_MAX).collect() };
+        let kept = kept_lookalikes(raw);
+        let cut = |s: &str| with_lookalikes(s.chars().take(USER_INPUT_MAX), &kept);
         let mut owned: Vec<String> = user_inputs.iter().map(|s| cut(s)).collect();
         // The parts of an email address are guessable on their own.
         for input in user_inputs {
@@ -293,6 +310,9 @@ mod tests {
         assert!(NewPassword::parse("p@ssw0rd1", &[]).is_err());
         assert!(NewPassword::parse(&hostile, &[]).is_ok());
         assert!(NewPassword::parse("correct horse battery staple 1|7", &[]).is_ok());
+        // A username with more distinct look-alikes than are kept is still recognised.
+        let username = "u9f3a81c2d7e4b50";
+        assert!(NewPassword::parse(username, &[username]).is_err());
     }
 
     #[test]
