@@ -379,12 +379,17 @@ pub async fn delete(
         .await;
     match deleted {
         Ok(()) => {
-            let mut response = visit.message(
-                StatusCode::OK,
+            // Signed out now: the page no longer shows the account in its header.
+            let page = super::message_page(
+                super::PageCtx {
+                    csrf: visit.csrf.clone(),
+                    ..super::PageCtx::default()
+                },
                 "Account deleted",
                 &["Your account and everything it held are deleted."],
                 Some(("/", "Home")),
             );
+            let mut response = visit.render(StatusCode::OK, &page);
             response.headers_mut().append(
                 axum::http::header::SET_COOKIE,
                 super::session_cookie(&state, "", 0),

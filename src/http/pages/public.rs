@@ -454,9 +454,11 @@ pub async fn verify_email_page(state: &AppState, token: &str, page: PageCtx) -> 
             );
         }
     };
+    // With the pages off (API only) there is no sign-in page to lead to.
+    let link = state.config.pages.then_some(link);
     super::html(
         status,
-        &super::message_page(page, title, &[text], Some(link)),
+        &super::message_page(page, title, &[text], link),
         None,
     )
 }
