@@ -13,6 +13,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::geo::ipinfo::GeoLocator;
 use crate::http::cors::OriginPolicy;
+use crate::http::CsrfKey;
 use crate::http::{router, AppState};
 use crate::mail::outbox::Outbox;
 use crate::mail::transport::Transport;
@@ -118,6 +119,7 @@ impl App {
         let state = AppState {
             auth: Arc::clone(&auth),
             origins: Arc::new(OriginPolicy::new(&config)),
+            csrf: Arc::new(CsrfKey::derive(signing_secret(&config)?.expose())),
             config: Arc::clone(&config),
         };
         let listener = TcpListener::bind((config.host, config.port))

@@ -181,6 +181,23 @@ impl Recovery<'_> {
         Ok(())
     }
 
+    /// Whether a reset link's token can still be used (for the page that asks for the new
+    /// password: an unknown, used or expired link is explained before anything is typed).
+    pub async fn reset_token_is_valid(&self, token: &str) -> Result<bool, Error> {
+        if token.trim().is_empty() {
+            return Ok(false);
+        }
+        let user = self
+            .store
+            .token_user(
+                TokenKind::PasswordReset,
+                &digest(token.trim()),
+                self.clock.now(),
+            )
+            .await?;
+        Ok(user.is_some())
+    }
+
     pub async fn reset_password(&self, token: &str, password: &str) -> Result<(), Error> {
         required("token", token)?;
         let hash = digest(token.trim());

@@ -78,6 +78,9 @@ pub struct Config {
     pub mail: MailSettings,
     /// The page a reset email links to; the link gets `?token=…`.
     pub password_reset_url: String,
+    /// `PAGES`: the server-rendered pages (sign-in, account, admin…); off for an API-only
+    /// deployment.
+    pub pages: bool,
 }
 
 /// Far beyond what one process can hold open; a larger value is a typo.
@@ -190,6 +193,7 @@ impl Config {
             host,
             port,
             max_connections: u32::try_from(max_connections).unwrap_or(u32::MAX),
+            pages: vars.boolean("PAGES", true)?,
             password_reset_url: vars
                 .url("PASSWORD_RESET_URL")?
                 .unwrap_or_else(|| format!("{app_url}/reset-password")),

@@ -2,14 +2,14 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::{ErrorEnvelope, FinalBody};
+use super::error::ErrorEnvelope;
 use super::extract::{ApiJson, AuthUser, Caller, Client, OptionalApiJson, SESSION_COOKIE};
 use super::{AppState, MessageResponse, UserView};
 use crate::auth::IssuedTokens;
@@ -92,7 +92,7 @@ pub struct SessionsResponse {
     pub sessions: Vec<SessionView>,
 }
 
-fn session_cookie(state: &AppState, value: &str, max_age_secs: u64) -> HeaderValue {
+pub(super) fn session_cookie(state: &AppState, value: &str, max_age_secs: u64) -> HeaderValue {
     let secure = if state.config.is_production() {
         "; Secure"
     } else {
@@ -309,34 +309,7 @@ async fn verify_email_link(
     State(state): State<AppState>,
     Query(query): Query<TokenRequest>,
 ) -> Response {
-    let (status, title, text) = match state.auth.recovery().verify_email_link(&query.token).await {
-        Ok(true) => (StatusCode::OK, "Email verified", "Your email address is verified. You can close this page."),
-        Ok(false) => (StatusCode::OK, "Email verified", "Your email address is already verified. You can close this page."),
-        Err(Error::InvalidToken | Error::Validation(_)) => (
-            StatusCode::BAD_REQUEST,
-            "Link not valid",
-            "This verification link is invalid, was already used, or has expired. Ask for a new one from the app.",
-        ),
-        Err(e) => return e.into_response(),
-    };
-    let page = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title} · Auth Flow</title>\
-         <style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem}}</style>\
-         </head><body><h1>{title}</h1><p>{text}</p><p><small>Auth Flow</small></p></body></html>"
-    );
-    let mut response = (
-        status,
-        [(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(
-                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
-            ),
-        )],
-        Html(page),
-    )
-        .into_response();
-    response.extensions_mut().insert(FinalBody);
-    response
+    super::pages::verify_email_page(&state, &query.token, Default::default()).await
 }
 
 /// Send a new verification email; the same answer for any address.

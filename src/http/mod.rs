@@ -7,6 +7,7 @@ mod docs;
 pub mod error;
 pub mod extract;
 mod keys;
+mod pages;
 mod password;
 mod users;
 
@@ -34,6 +35,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::store::User;
 use cors::OriginPolicy;
+pub use pages::csrf::CsrfKey;
 
 /// Request bodies above this are refused with 413 (SPEC §7).
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -45,6 +47,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     pub config: Arc<Config>,
     pub origins: Arc<OriginPolicy>,
+    /// Signs the pages' CSRF tokens.
+    pub csrf: Arc<pages::csrf::CsrfKey>,
 }
 
 /// A user as the API shows it: no internal ids, no password hash.
@@ -217,7 +221,11 @@ pub fn router(state: AppState) -> Router {
     docs::complete(&mut openapi);
     let production = state.config.is_production();
     let cors = state.origins.cors_layer();
-    let app = api.merge(docs::router(openapi)).with_state(state);
+    let mut app = api.merge(docs::router(openapi));
+    if state.config.pages {
+        app = app.merge(pages::router(production));
+    }
+    let app = app.with_state(state);
 
     let x_request_id = HeaderName::from_static("x-request-id");
     let headers = ServiceBuilder::new()
@@ -229,7 +237,8 @@ pub fn router(state: AppState) -> Router {
             header::X_FRAME_OPTIONS,
             HeaderValue::from_static("DENY"),
         ))
-        .layer(SetResponseHeaderLayer::overriding(
+        // Pages set their own (`same-origin`, so that browsers send `Origin` with their forms).
+        .layer(SetResponseHeaderLayer::if_not_present(
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
         ))

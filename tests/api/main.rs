@@ -19,6 +19,7 @@ mod embedded;
 mod hardening;
 mod hardening_edge;
 mod legacy;
+mod pages;
 mod protection;
 mod service;
 mod sessions;
