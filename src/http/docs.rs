@@ -196,99 +196,302 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn schema_name<T>(r: &RefOr<T>) -> String {
-    match r {
-        RefOr::Ref(r) => r
-            .ref_location
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned(),
-        RefOr::T(_) => "inline".to_owned(),
-    }
-}
-
-fn operations(item: &utoipa::openapi::PathItem) -> Vec<(HttpMethod, &Operation)> {
-    [
-        (HttpMethod::Get, &item.get),
-        (HttpMethod::Post, &item.post),
-        (HttpMethod::Put, &item.put),
-        (HttpMethod::Patch, &item.patch),
-        (HttpMethod::Delete, &item.delete),
-    ]
-    .into_iter()
-    .filter_map(|(m, op)| op.as_ref().map(|op| (m, op)))
-    .collect()
-}
-
-fn method_name(m: &HttpMethod) -> &'static str {
-    match m {
-        HttpMethod::Get => "GET",
-        HttpMethod::Post => "POST",
-        HttpMethod::Put => "PUT",
-        HttpMethod::Patch => "PATCH",
-        HttpMethod::Delete => "DELETE",
-        HttpMethod::Head => "HEAD",
-        HttpMethod::Options => "OPTIONS",
-        HttpMethod::Trace => "TRACE",
-    }
-}
-
-/// A plain reference page: every route, what it takes, what it answers.
+/// The reference page: for every route, what it is for, who may call it, its parameters and
+/// body fields (type, required, constraints), and every answer it can give. Built once at
+/// start from the OpenAPI document, as static HTML: readable offline, no script.
 fn render(openapi: &OpenApi) -> String {
-    let mut rows = String::new();
-    for (path, item) in &openapi.paths.paths {
-        for (method, op) in operations(item) {
-            let summary = op
-                .summary
-                .clone()
-                .or_else(|| op.description.clone())
-                .unwrap_or_default();
-            let body = op
-                .request_body
-                .as_ref()
-                .and_then(|b| b.content.values().next())
-                .and_then(|c| c.schema.as_ref())
-                .map(schema_name)
-                .unwrap_or_default();
-            let mut responses = String::new();
-            for (status, response) in &op.responses.responses {
-                let schema = match response {
-                    RefOr::T(r) => r
-                        .content
-                        .values()
-                        .next()
-                        .and_then(|c| c.schema.as_ref())
-                        .map(schema_name)
-                        .unwrap_or_default(),
-                    RefOr::Ref(r) => schema_name(&RefOr::<()>::Ref(r.clone())),
-                };
-                let _ = write!(responses, "{status} {schema}<br>");
-            }
-            let secured = if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
-                "yes"
-            } else {
-                ""
+    let doc = serde_json::to_value(openapi).unwrap_or_default();
+    let schemas = doc
+        .pointer("/components/schemas")
+        .cloned()
+        .unwrap_or_default();
+    let mut index = String::new();
+    let mut sections = String::new();
+    let empty = serde_json::Map::new();
+    let paths = doc["paths"].as_object().unwrap_or(&empty);
+    for (path, item) in paths {
+        let Some(item) = item.as_object() else {
+            continue;
+        };
+        for method in ["get", "post", "put", "patch", "delete"] {
+            let Some(op) = item.get(method) else {
+                continue;
             };
+            let anchor = format!("{method}-{}", path.replace(['/', '{', '}'], "-"));
+            let summary = op["summary"]
+                .as_str()
+                .or_else(|| op["description"].as_str())
+                .unwrap_or_default();
             let _ = write!(
-                rows,
-                "<tr><td><b>{}</b></td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                method_name(&method),
-                escape(path),
-                escape(&summary),
-                escape(&body),
-                responses,
-                secured
+                index,
+                "<li><a href=\"#{anchor}\"><b>{}</b> <code>{}</code></a></li>",
+                method.to_uppercase(),
+                escape(path)
             );
+            let _ = write!(
+                sections,
+                "<section id=\"{anchor}\"><h2><span class=\"m\">{}</span> <code>{}</code></h2><p>{}</p>",
+                method.to_uppercase(),
+                escape(path),
+                prose(summary)
+            );
+            if let Some(description) = op["description"].as_str() {
+                if op["summary"].as_str().is_some() && description != summary {
+                    let _ = write!(sections, "<p>{}</p>", prose(description));
+                }
+            }
+            let _ = write!(sections, "<p><b>Authentication:</b> {}</p>", security(op));
+            if let Some(parameters) = op["parameters"].as_array().filter(|p| !p.is_empty()) {
+                sections.push_str("<h3>Parameters</h3><table><tr><th>Name</th><th>In</th><th>Type</th><th>Required</th><th>Rules and meaning</th></tr>");
+                for parameter in parameters {
+                    let schema = resolve(&parameter["schema"], &schemas);
+                    let _ = write!(
+                        sections,
+                        "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                        escape(parameter["name"].as_str().unwrap_or_default()),
+                        escape(parameter["in"].as_str().unwrap_or_default()),
+                        type_of(&schema),
+                        if parameter["required"].as_bool() == Some(true) { "yes" } else { "no" },
+                        rules(&schema, parameter["description"].as_str())
+                    );
+                }
+                sections.push_str("</table>");
+            }
+            if let Some(body) = op.pointer("/requestBody/content/application~1json/schema") {
+                sections.push_str("<h3>Request body (JSON)</h3>");
+                sections.push_str(&fields(body, &schemas));
+            }
+            sections.push_str(
+                "<h3>Responses</h3><table><tr><th>Status</th><th>Meaning</th><th>Body</th></tr>",
+            );
+            if let Some(responses) = op["responses"].as_object() {
+                for (status, response) in responses {
+                    let schema = response
+                        .pointer("/content/application~1json/schema")
+                        .map(type_of)
+                        .unwrap_or_default();
+                    let _ = write!(
+                        sections,
+                        "<tr><td><b>{}</b></td><td>{}</td><td>{}</td></tr>",
+                        escape(status),
+                        prose(response["description"].as_str().unwrap_or_default()),
+                        schema
+                    );
+                }
+            }
+            sections.push_str("</table></section>");
         }
     }
     format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Auth Flow API</title>\
-         <style>body{{font-family:system-ui,sans-serif;margin:2rem}}table{{border-collapse:collapse}}\
-         td,th{{border:1px solid #ccc;padding:.3rem .6rem;vertical-align:top}}</style></head><body>\
-         <h1>Auth Flow API {}</h1><p>The machine-readable description is <a href=\"/api/openapi.json\">/api/openapi.json</a>. \
-         Errors use the envelope <code>{{\"error\": {{status, code, message, details, timestamp, path, method, request_id}}}}</code>.</p>\
-         <table><tr><th>Method</th><th>Path</th><th>Summary</th><th>Body</th><th>Responses</th><th>Auth</th></tr>{rows}</table></body></html>",
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>Auth Flow API</title><style>{STYLE}</style></head><body><main>\
+         <h1>Auth Flow API {}</h1>\
+         <p>Every route, what it takes and what it answers. The machine-readable description is \
+         <a href=\"/api/openapi.json\">/api/openapi.json</a>. Every error answer is the envelope \
+         <code>{{\"error\": {{status, code, message, details, timestamp, path, method, request_id}}}}</code>; \
+         <code>details</code> lists <code>{{field, message}}</code> for validation errors.</p>\
+         <nav><h2>Routes</h2><ul>{index}</ul></nav>{sections}</main></body></html>",
         escape(&openapi.info.version)
+    )
+}
+
+const STYLE: &str = "body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;\
+    background:#f3f4f6;color:#1f2937;line-height:1.5}main{max-width:960px;margin:0 auto;padding:1.5rem}\
+    section,nav{background:#fff;border-radius:8px;padding:1rem 1.5rem;margin:1rem 0}\
+    h2{font-size:1.15rem}h3{font-size:1rem;margin-bottom:.3rem}.m{color:#1d4ed8}\
+    table{border-collapse:collapse;width:100%;font-size:.92rem}td,th{border:1px solid #d1d5db;\
+    padding:.3rem .5rem;vertical-align:top;text-align:left}th{background:#f9fafb}\
+    code{background:#eef2ff;padding:0 .2rem;border-radius:3px}nav ul{columns:2;padding-left:1rem}\
+    a{color:#1d4ed8}@media(max-width:640px){nav ul{columns:1}table{font-size:.85rem}}";
+
+/// Text from the annotations: escaped, with `code` spans shown as code.
+fn prose(text: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in escape(text).split('`').enumerate() {
+        if i % 2 == 1 {
+            let _ = write!(out, "<code>{part}</code>");
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
+}
+
+fn security(op: &serde_json::Value) -> String {
+    let Some(requirements) = op["security"].as_array().filter(|s| !s.is_empty()) else {
+        return "none".to_owned();
+    };
+    let ways: Vec<String> = requirements
+        .iter()
+        .filter_map(|r| r.as_object())
+        .flat_map(|r| r.iter())
+        .map(|(scheme, scopes)| {
+            let label = match scheme.as_str() {
+                "bearer" => "access token (<code>Authorization: Bearer</code>)".to_owned(),
+                "cookie" => "session cookie <code>auth.sid</code>".to_owned(),
+                "api_key" => "API key".to_owned(),
+                other => escape(other),
+            };
+            let scopes: Vec<String> = scopes
+                .as_array()
+                .map(|s| s.iter().filter_map(|s| s.as_str()).map(escape).collect())
+                .unwrap_or_default();
+            if scopes.is_empty() {
+                label
+            } else {
+                format!("{label} with <code>{}</code>", scopes.join(", "))
+            }
+        })
+        .collect();
+    // An empty requirement (`{}`) among them: anyone may call, credentials are optional.
+    let optional = requirements
+        .iter()
+        .any(|r| r.as_object().is_some_and(serde_json::Map::is_empty));
+    match (ways.is_empty(), optional) {
+        (true, _) => "none".to_owned(),
+        (false, true) => format!("none needed; optionally {}", ways.join(", or ")),
+        (false, false) => ways.join(", or "),
+    }
+}
+
+/// The schema a `$ref` points to (one level; component schemas are flat).
+fn resolve(schema: &serde_json::Value, schemas: &serde_json::Value) -> serde_json::Value {
+    match schema["$ref"].as_str() {
+        Some(reference) => {
+            let name = reference.rsplit('/').next().unwrap_or_default();
+            schemas[name].clone()
+        }
+        None => schema.clone(),
+    }
+}
+
+/// A short type: `string`, `integer`, `array of Scope`, a schema's name, `A or B`.
+fn type_of(schema: &serde_json::Value) -> String {
+    if let Some(reference) = schema["$ref"].as_str() {
+        return format!(
+            "<code>{}</code>",
+            escape(reference.rsplit('/').next().unwrap_or_default())
+        );
+    }
+    for combinator in ["oneOf", "anyOf"] {
+        if let Some(options) = schema[combinator].as_array() {
+            let names: Vec<String> = options
+                .iter()
+                .filter(|o| o["type"] != "null")
+                .map(type_of)
+                .collect();
+            return names.join(" or ");
+        }
+    }
+    let kind = match &schema["type"] {
+        serde_json::Value::String(t) => t.clone(),
+        serde_json::Value::Array(types) => types
+            .iter()
+            .filter_map(|t| t.as_str())
+            .filter(|t| *t != "null")
+            .collect::<Vec<_>>()
+            .join(" or "),
+        _ => String::new(),
+    };
+    if kind == "array" {
+        return format!("array of {}", type_of(&schema["items"]));
+    }
+    escape(&kind)
+}
+
+/// Constraints and description of one field.
+fn rules(schema: &serde_json::Value, description: Option<&str>) -> String {
+    let mut out = Vec::new();
+    let number = |key: &str| schema[key].as_f64().map(|n| n.to_string());
+    if let (Some(min), Some(max)) = (number("minLength"), number("maxLength")) {
+        out.push(format!("{min}–{max} characters"));
+    } else if let Some(min) = number("minLength") {
+        out.push(format!("at least {min} characters"));
+    } else if let Some(max) = number("maxLength") {
+        out.push(format!("at most {max} characters"));
+    }
+    if let Some(min) = number("minimum") {
+        out.push(format!("minimum {min}"));
+    }
+    if let Some(max) = number("maximum") {
+        out.push(format!("maximum {max}"));
+    }
+    if let Some(min) = number("minItems") {
+        out.push(format!("at least {min} item(s)"));
+    }
+    if let Some(pattern) = schema["pattern"].as_str() {
+        out.push(format!("pattern <code>{}</code>", escape(pattern)));
+    }
+    if let Some(values) = schema["enum"]
+        .as_array()
+        .or_else(|| schema["items"]["enum"].as_array())
+    {
+        let values: Vec<String> = values
+            .iter()
+            .map(|v| format!("<code>{}</code>", escape(&v.to_string())))
+            .collect();
+        out.push(format!("one of {}", values.join(", ")));
+    }
+    if let Some(description) = description.or_else(|| schema["description"].as_str()) {
+        out.push(prose(description));
+    }
+    out.join("; ")
+}
+
+/// The fields of a request body: each property with its type, whether it is required, its
+/// rules and meaning; `allOf` parts are merged, `anyOf` alternatives named.
+fn fields(schema: &serde_json::Value, schemas: &serde_json::Value) -> String {
+    let schema = resolve(schema, schemas);
+    let mut parts = vec![schema.clone()];
+    if let Some(all) = schema["allOf"].as_array() {
+        parts = all.iter().map(|p| resolve(p, schemas)).collect();
+    }
+    let mut rows = String::new();
+    let mut notes = String::new();
+    for part in &parts {
+        let required: Vec<&str> = part["required"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        if let Some(properties) = part["properties"].as_object() {
+            for (name, property) in properties {
+                let property = resolve(property, schemas);
+                let _ = write!(
+                    rows,
+                    "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    escape(name),
+                    type_of(&property),
+                    if required.contains(&name.as_str()) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                    rules(&property, None)
+                );
+            }
+        }
+        if let Some(alternatives) = part["anyOf"].as_array() {
+            let names: Vec<String> = alternatives
+                .iter()
+                .filter_map(|a| a["required"].as_array())
+                .map(|r| {
+                    r.iter()
+                        .filter_map(|v| v.as_str())
+                        .map(|f| format!("<code>{}</code>", escape(f)))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                })
+                .collect();
+            if !names.is_empty() {
+                let _ = write!(notes, "<p>At least one of: {}.</p>", names.join(", or "));
+            }
+        }
+    }
+    if rows.is_empty() {
+        return format!("<p>{}</p>{notes}", type_of(&schema));
+    }
+    format!(
+        "<table><tr><th>Field</th><th>Type</th><th>Required</th><th>Rules and meaning</th></tr>{rows}</table>{notes}"
     )
 }

@@ -318,4 +318,43 @@ async fn openapi_describes_every_route(backend: Backend) {
         .starts_with("text/html"));
     let html = page.text().await.unwrap();
     assert!(html.contains("/api/auth/refresh") && html.contains("/api/users/create-account"));
+    // Readable without leaving the page: each route's request fields with their rules, and
+    // its answers; the annotations' `code` spans are shown as code, not as backticks.
+    let create = html
+        .split("<section id=\"post--api-users-create-account\">")
+        .nth(1)
+        .and_then(|s| s.split("</section>").next())
+        .expect("a section for create-account");
+    assert!(
+        create
+            .contains("<code>password</code></td><td>string</td><td>yes</td><td>8–128 characters"),
+        "{create}"
+    );
+    assert!(create.contains("<code>phone</code>") && create.contains("<b>409</b>"));
+    assert!(
+        create.contains("none needed; optionally"),
+        "sign-up is public: {create}"
+    );
+    // Outside code (patterns may hold backticks), none is left.
+    let prose: String = html
+        .split("<code>")
+        .enumerate()
+        .map(|(i, part)| {
+            if i == 0 {
+                part
+            } else {
+                part.split_once("</code>").map_or("", |(_, rest)| rest)
+            }
+        })
+        .collect();
+    assert!(!prose.contains('`'), "a backtick shown literally");
+    let me = html
+        .split("<section id=\"get--api-auth-me\">")
+        .nth(1)
+        .and_then(|s| s.split("</section>").next())
+        .expect("a section for /api/auth/me");
+    assert!(
+        me.contains("<b>401</b>") && !me.contains("none needed"),
+        "{me}"
+    );
 }
