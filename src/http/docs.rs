@@ -270,11 +270,23 @@ fn render(openapi: &OpenApi) -> String {
                         .pointer("/content/application~1json/schema")
                         .map(type_of)
                         .unwrap_or_default();
+                    // Without a description of its own, a status says what it generally means.
+                    let meaning = response["description"]
+                        .as_str()
+                        .filter(|d| !d.is_empty())
+                        .or_else(|| {
+                            status
+                                .parse::<u16>()
+                                .ok()
+                                .and_then(|s| axum::http::StatusCode::from_u16(s).ok())
+                                .and_then(|s| s.canonical_reason())
+                        })
+                        .unwrap_or_default();
                     let _ = write!(
                         sections,
                         "<tr><td><b>{}</b></td><td>{}</td><td>{}</td></tr>",
                         escape(status),
-                        prose(response["description"].as_str().unwrap_or_default()),
+                        prose(meaning),
                         schema
                     );
                 }
