@@ -78,7 +78,8 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
-fn in_ci() -> bool {
+/// Whether the tests run in CI (`CI` set): there an absent service is a failure, not a skip.
+pub fn in_ci() -> bool {
     std::env::var_os("CI").is_some()
 }
 

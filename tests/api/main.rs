@@ -14,6 +14,7 @@ mod tcp_proxy;
 
 mod accounts;
 mod admin;
+mod browser;
 mod email;
 mod embedded;
 mod hardening;
