@@ -77,7 +77,7 @@ impl Services {
             &config.ipinfo_url,
             config.ipinfo_token.clone(),
         )?);
-        let auth = Arc::new(Auth::new(crate::auth::Parts {
+        let auth = Arc::new(Auth {
             store,
             passwords,
             jwt,
@@ -86,7 +86,7 @@ impl Services {
             geo,
             clock: clock.clone(),
             background: background.clone(),
-        }));
+        });
         Ok(Self {
             config,
             auth,

@@ -99,54 +99,20 @@ impl Principal {
 /// How long a session's `last_used_at` may lag behind before a request refreshes it.
 const TOUCH_INTERVAL_SECS: i64 = 60;
 
+/// The shared parts every use-case works with; built once by `app::Services::connect`.
 pub struct Auth {
-    store: Arc<dyn Store>,
-    passwords: Passwords,
-    jwt: Jwt,
-    config: Arc<Config>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) passwords: Passwords,
+    pub(crate) jwt: Jwt,
+    pub(crate) config: Arc<Config>,
     /// Nudges the outbox worker after a change queued an email.
-    mail_wake: Arc<Notify>,
-    geo: Arc<GeoLocator>,
-    clock: Clock,
-    background: Background,
-}
-
-/// What the use-cases are built from.
-pub struct Parts {
-    pub store: Arc<dyn Store>,
-    pub passwords: Passwords,
-    pub jwt: Jwt,
-    pub config: Arc<Config>,
-    pub mail_wake: Arc<Notify>,
-    pub geo: Arc<GeoLocator>,
-    pub clock: Clock,
-    pub background: Background,
+    pub(crate) mail_wake: Arc<Notify>,
+    pub(crate) geo: Arc<GeoLocator>,
+    pub(crate) clock: Clock,
+    pub(crate) background: Background,
 }
 
 impl Auth {
-    pub fn new(parts: Parts) -> Self {
-        let Parts {
-            store,
-            passwords,
-            jwt,
-            config,
-            mail_wake,
-            geo,
-            clock,
-            background,
-        } = parts;
-        Self {
-            store,
-            passwords,
-            jwt,
-            config,
-            mail_wake,
-            geo,
-            clock,
-            background,
-        }
-    }
-
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }

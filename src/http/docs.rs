@@ -11,6 +11,7 @@ use utoipa::openapi::path::{HttpMethod, Operation};
 use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ObjectBuilder, Type};
 use utoipa::openapi::{Content, OpenApi, Ref, RefOr, Response, ResponseBuilder};
 
+use super::escape_html as escape;
 use super::AppState;
 
 pub fn router(openapi: OpenApi) -> Router<AppState> {
@@ -187,13 +188,6 @@ fn operations_mut(item: &mut utoipa::openapi::PathItem) -> Vec<(HttpMethod, &mut
     .into_iter()
     .filter_map(|(m, op)| op.as_mut().map(|op| (m, op)))
     .collect()
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// The reference page: for every route, what it is for, who may call it, its parameters and

@@ -42,6 +42,23 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// Requests still running after this are answered 408 (SPEC §7).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Text made safe inside HTML (elements and quoted attributes), for the pages built by hand
+/// rather than by an askama template (the API reference, the dev mailbox's bodies).
+pub(crate) fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[derive(Clone)]
 pub struct AppState {
     pub auth: Arc<Auth>,

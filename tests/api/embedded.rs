@@ -8,14 +8,7 @@ use serde_json::json;
 
 use crate::helpers::{parse, PASSWORD};
 use crate::responses::{Message, Tokens, User};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::smtp_sink::free_port;
 
 struct Server {
     child: Child,

@@ -31,7 +31,10 @@ both_backends!(
     pruning_removes_old_rows_and_keeps_recent_ones,
 );
 
-postgres_only!(a_database_that_goes_away_is_503_and_comes_back_by_itself);
+postgres_only!(
+    a_database_that_goes_away_is_503_and_comes_back_by_itself,
+    a_test_drops_its_own_database_and_no_other,
+);
 
 const RESET_PASSWORD: &str = "a brand new secret 2026";
 
@@ -530,4 +533,42 @@ async fn a_database_that_goes_away_is_503_and_comes_back_by_itself() {
     for _ in 0..20 {
         app.assert_signed_in(&tokens.token).await;
     }
+}
+
+/// SPEC §9: each run's databases carry a prefix of its own; a test drops the one it made
+/// (also when it fails) and never another run's.
+async fn a_test_drops_its_own_database_and_no_other() {
+    let admin = sqlx::PgPool::connect(&crate::helpers::admin_url())
+        .await
+        .unwrap();
+    let foreign = format!("authflow_test_otherrun_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE \"{foreign}\""))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let exists = |name: String| {
+        let admin = admin.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_database WHERE datname = $1")
+                .bind(name)
+                .fetch_one(&admin)
+                .await
+                .unwrap()
+                == 1
+        }
+    };
+    let database = fresh_pg_database().await;
+    let own = database.url.rsplit('/').next().unwrap().to_owned();
+    assert!(own.starts_with(crate::helpers::run_prefix()), "{own}");
+    assert!(exists(own.clone()).await);
+    drop(database);
+    assert!(!exists(own).await, "the test's own database is dropped");
+    assert!(
+        exists(foreign.clone()).await,
+        "another run's database is kept"
+    );
+    sqlx::query(&format!("DROP DATABASE \"{foreign}\""))
+        .execute(&admin)
+        .await
+        .unwrap();
 }

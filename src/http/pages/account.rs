@@ -222,14 +222,7 @@ where
         Err(e @ (Error::Internal(_) | Error::Unavailable(_))) => visit.error(e),
         Err(e) => {
             let status = e.status();
-            let message = match &e {
-                Error::Validation(details) if !details.is_empty() => details
-                    .iter()
-                    .map(|d| d.message.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                _ => e.parts().message,
-            };
+            let message = super::form_message(&e);
             show(state, visit, &principal, status, None, Some(message), None).await
         }
     }
@@ -333,14 +326,7 @@ pub async fn create_key(
         }
         Err(e @ (Error::Internal(_) | Error::Unavailable(_))) => visit.error(e),
         Err(e) => {
-            let message = match &e {
-                Error::Validation(details) if !details.is_empty() => details
-                    .iter()
-                    .map(|d| d.message.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                _ => e.parts().message,
-            };
+            let message = super::form_message(&e);
             show(
                 &state,
                 &visit,

@@ -95,19 +95,6 @@ fn text_part(mail: &ParsedMail<'_>) -> Option<String> {
     mail.subparts.iter().find_map(text_part)
 }
 
-fn escape(text: &str, out: &mut String) {
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-}
-
 /// Escapes `text` and makes each `http(s)://…` in it a link; also counts them.
 fn linkify(text: &str) -> (String, usize) {
     let mut out = String::with_capacity(text.len() + 64);
@@ -118,20 +105,20 @@ fn linkify(text: &str) -> (String, usize) {
         .filter_map(|scheme| rest.find(scheme))
         .min()
     {
-        escape(&rest[..at], &mut out);
+        out.push_str(&crate::http::escape_html(&rest[..at]));
         let url_len = rest[at..]
             .find(|c: char| c.is_whitespace() || matches!(c, '<' | '>' | '"'))
             .unwrap_or(rest.len() - at);
         let url = &rest[at..at + url_len];
         out.push_str("<a href=\"");
-        escape(url, &mut out);
+        out.push_str(&crate::http::escape_html(url));
         out.push_str("\">");
-        escape(url, &mut out);
+        out.push_str(&crate::http::escape_html(url));
         out.push_str("</a>");
         links += 1;
         rest = &rest[at + url_len..];
     }
-    escape(rest, &mut out);
+    out.push_str(&crate::http::escape_html(rest));
     (out, links)
 }
 

@@ -204,6 +204,18 @@ impl Visit {
 }
 
 /// Internal and unavailable errors are logged with their cause, as the API logs them.
+/// What a refused form says above it: each field's message, or the error's own.
+pub fn form_message(error: &Error) -> String {
+    match error {
+        Error::Validation(details) if !details.is_empty() => details
+            .iter()
+            .map(|d| d.message.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => error.parts().message,
+    }
+}
+
 fn log_error(error: &Error) {
     match error {
         Error::Internal(cause) => tracing::error!(error = format!("{cause:#}"), "page failed"),

@@ -300,14 +300,7 @@ pub async fn forgot(
             Some(("/signin", "Back to sign-in")),
         ),
         Err(e) if is_form_error(&e) => {
-            let error = match &e {
-                Error::Validation(details) if !details.is_empty() => details
-                    .iter()
-                    .map(|d| d.message.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                _ => e.parts().message,
-            };
+            let error = super::form_message(&e);
             let page = ForgotPage {
                 page: visit.ctx(),
                 email,
