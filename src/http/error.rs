@@ -162,6 +162,11 @@ impl IntoResponse for Error {
                     HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS),
                 );
             }
+            // The rest of the body is left unread, so the connection cannot carry another
+            // request: say so, or a client reusing it would find it closed under its next one.
+            Error::PayloadTooLarge => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             // RFC 6750 §3: the bearer credential was missing, bad, expired or revoked.
             Error::Unauthorized | Error::TokenExpired => {
                 headers.insert(header::WWW_AUTHENTICATE, invalid_token_challenge());

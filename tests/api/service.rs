@@ -76,6 +76,9 @@ async fn malformed_requests_get_the_envelope(backend: Backend) {
     assert_error(r, 415, "unsupported_media_type").await;
     let huge = json!({"username": "a", "password": "x".repeat(70 * 1024)});
     let r = app.client.post(&signin).json(&huge).send().await.unwrap();
+    // The body is left unread: the answer closes the connection, so the client does not send
+    // its next request on a connection the server is closing.
+    assert_eq!(r.headers()["connection"], "close");
     assert_error(r, 413, "payload_too_large").await;
     let r = app
         .request(
