@@ -21,6 +21,7 @@ use crate::server::PlainTcp;
 use crate::store;
 use crate::tasks::Background;
 use crate::time::Clock;
+use crate::tls::ServerTls;
 
 /// How long in-flight requests may run on after a stop signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,6 +30,10 @@ pub struct App {
     listener: TcpListener,
     router: axum::Router,
     port: u16,
+    /// HTTPS on the listener, when `TLS_CERT_PATH` and `TLS_KEY_PATH` are set.
+    tls: Option<Arc<ServerTls>>,
+    /// `HTTP_REDIRECT_PORT`: the plain listener answering 308 to `APP_URL`, and its router.
+    redirect: Option<(TcpListener, axum::Router)>,
     max_connections: u32,
     outbox: Outbox,
     auth: Arc<Auth>,
@@ -100,6 +105,13 @@ impl Services {
 impl App {
     /// Wires the services and binds `APP_HOST:APP_PORT` (port 0 picks a free one).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // The files first: a bad certificate refuses the start before anything else is done.
+        let tls = config
+            .tls
+            .as_ref()
+            .map(ServerTls::load)
+            .transpose()?
+            .map(Arc::new);
         let Services {
             config,
             auth,
@@ -126,10 +138,21 @@ impl App {
             .await
             .with_context(|| format!("binding {}:{}", config.host, config.port))?;
         let port = listener.local_addr()?.port();
+        let redirect = match config.http_redirect_port {
+            Some(redirect_port) => Some((
+                TcpListener::bind((config.host, redirect_port))
+                    .await
+                    .with_context(|| format!("binding {}:{redirect_port}", config.host))?,
+                crate::http::redirect::router(&config.app_url),
+            )),
+            None => None,
+        };
         Ok(Self {
             listener,
             router: router(state),
             port,
+            tls,
+            redirect,
             max_connections: config.max_connections,
             outbox,
             auth,
@@ -140,6 +163,19 @@ impl App {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of the `HTTP_REDIRECT_PORT` listener (0 there picks a free one).
+    pub fn redirect_port(&self) -> Option<u16> {
+        self.redirect
+            .as_ref()
+            .and_then(|(listener, _)| listener.local_addr().ok())
+            .map(|addr| addr.port())
+    }
+
+    /// Whether the listener speaks HTTPS.
+    pub fn serves_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The clock the service reads: tests move it forward instead of sleeping.
@@ -161,23 +197,59 @@ impl App {
         let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
         let background = self.background;
         background.spawn_service(maintain(Arc::clone(&self.auth), worker_stopped.clone()));
+        if let Some(tls) = &self.tls {
+            background.spawn_service(Arc::clone(tls).watch(worker_stopped.clone()));
+        }
+        let redirect_stop = {
+            let mut stopped = worker_stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }
+        };
         background.spawn_service(self.outbox.run(worker_stopped));
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = crate::server::serve(
-            self.listener,
-            PlainTcp,
-            self.router,
-            self.max_connections,
-            async move {
-                shutdown.await;
-                tracing::info!(
-                    "stopping: no new connections, finishing requests and emails in flight"
-                );
-                // The outbox drains what is due while requests finish: one 30 s budget for both.
-                let _ = stop_worker.send(true);
-                let _ = stopping_tx.send(());
-            },
-        );
+        let stop_signal = async move {
+            shutdown.await;
+            tracing::info!("stopping: no new connections, finishing requests and emails in flight");
+            // The outbox drains what is due while requests finish: one 30 s budget for both.
+            let _ = stop_worker.send(true);
+            let _ = stopping_tx.send(());
+        };
+        let main: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match &self.tls {
+            Some(tls) => Box::pin(crate::server::serve(
+                self.listener,
+                tls.handshake(),
+                self.router,
+                self.max_connections,
+                stop_signal,
+            )),
+            None => Box::pin(crate::server::serve(
+                self.listener,
+                PlainTcp,
+                self.router,
+                self.max_connections,
+                stop_signal,
+            )),
+        };
+        let max_connections = self.max_connections;
+        let redirect = async move {
+            match self.redirect {
+                Some((listener, router)) => {
+                    crate::server::serve(
+                        listener,
+                        PlainTcp,
+                        router,
+                        max_connections,
+                        redirect_stop,
+                    )
+                    .await;
+                }
+                None => redirect_stop.await,
+            }
+        };
+        let server = async move {
+            tokio::join!(main, redirect);
+        };
         let deadline = async move {
             if stopping_rx.await.is_ok() {
                 tokio::time::sleep(DRAIN_TIMEOUT).await;

@@ -26,5 +26,7 @@ pub mod store;
 pub mod tasks;
 /// The service's clock and timestamps.
 pub mod time;
+/// HTTPS served directly: certificates, their rotation, client certificates.
+pub mod tls;
 /// Reading and checking environment variables; secrets that never print.
 pub(crate) mod vars;

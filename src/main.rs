@@ -95,7 +95,12 @@ async fn main() -> ExitCode {
 async fn serve(config: Config) -> anyhow::Result<()> {
     authflow::server::raise_open_file_limit();
     let app = App::build(config).await?;
-    tracing::info!(port = app.port(), "authflow listening");
+    tracing::info!(
+        port = app.port(),
+        https = app.serves_tls(),
+        redirect_port = app.redirect_port(),
+        "authflow listening"
+    );
     app.run_until_stopped(shutdown_signal()).await
 }
 

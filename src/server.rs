@@ -1,5 +1,6 @@
-//! The accept loop: HTTP/1 connections with header and idle timeouts, a connection cap and
-//! graceful shutdown, over any byte stream a [`Handshake`] makes of a TCP connection.
+//! The accept loop: HTTP/1 connections with header and idle timeouts (and HTTP/2 where TLS
+//! negotiated it), a connection cap and graceful shutdown, over any byte stream a
+//! [`Handshake`] makes of a TCP connection.
 
 use std::future::Future;
 use std::io;
@@ -12,8 +13,8 @@ use std::time::{Duration, Instant};
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -30,12 +31,31 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// once would spin while nothing has been freed.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Streams an HTTP/2 connection may open at once (each a request in flight).
+const HTTP2_MAX_STREAMS: u32 = 100;
+/// The largest request head HTTP/2 accepts (decoded), about what HTTP/1 allows.
+const HTTP2_MAX_HEADER_LIST: u32 = 64 * 1024;
+
 /// Turns an accepted TCP connection into the stream HTTP is spoken over: the plain
-/// connection itself, or (later) a TLS session. It runs in the connection's own task, within
-/// the header timeout, so a slow handshake holds up no one else.
+/// connection itself, or a TLS session (`tls::TlsHandshake`). It runs in the connection's
+/// own task, within the header timeout, so a slow handshake holds up no one else.
 pub trait Handshake: Clone + Send + Sync + 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     fn handshake(&self, tcp: TcpStream) -> impl Future<Output = io::Result<Self::Io>> + Send;
+
+    /// What the handshake settled for the connection's requests.
+    fn info(_io: &Self::Io) -> ConnectionInfo {
+        ConnectionInfo::default()
+    }
+}
+
+/// What a handshake settled: the HTTP version (ALPN) and the client's verified certificate.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionInfo {
+    /// ALPN chose `h2`: the connection speaks HTTP/2.
+    pub http2: bool,
+    /// Put in the extensions of each of the connection's requests.
+    pub client_certificate: Option<crate::tls::ClientCertificate>,
 }
 
 /// Plain HTTP.
@@ -104,7 +124,8 @@ pub async fn serve<H: Handshake>(
                     return;
                 }
             };
-            serve_connection(io, peer, router, stopping).await;
+            let info = H::info(&io);
+            serve_connection(io, peer, info, router, stopping).await;
         });
     }
     drop(listener);
@@ -123,11 +144,12 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// One connection: HTTP/1 with keep-alive until the client leaves, a timeout closes it, or
-/// the server stops.
+/// One connection: HTTP/1 with keep-alive (or HTTP/2) until the client leaves, a timeout
+/// closes it, or the server stops.
 async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
+    info: ConnectionInfo,
     router: Router,
     mut stopping: watch::Receiver<bool>,
 ) where
@@ -138,12 +160,20 @@ async fn serve_connection<I>(
         inner: io,
         head: Arc::clone(&head),
     });
+    let client_certificate = info.client_certificate;
     let service = TowerToHyperService::new(router.map_request(
         move |mut request: axum::http::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
+            if let Some(certificate) = &client_certificate {
+                request.extensions_mut().insert(certificate.clone());
+            }
             request
         },
     ));
+    if info.http2 {
+        serve_http2(io, peer, head, service, stopping).await;
+        return;
+    }
     let served = {
         let mut builder = http1::Builder::new();
         builder
@@ -175,6 +205,62 @@ async fn serve_connection<I>(
             .await;
         }
         Err(e) => tracing::debug!(error = %e, %peer, "connection ended with an error"),
+    }
+}
+
+/// HTTP/2 (negotiated by ALPN over TLS): at most [`HTTP2_MAX_STREAMS`] requests at once, and
+/// the connection closed gracefully once nothing has arrived for [`IDLE_TIMEOUT`] (hyper's
+/// HTTP/2 has no head timeout of its own; every stream is still bounded by the request
+/// timeout of the router).
+async fn serve_http2<I, S>(
+    io: TokioIo<Watched<I>>,
+    peer: SocketAddr,
+    head: Arc<HeadWatch>,
+    service: S,
+    mut stopping: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            axum::http::Request<Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(HTTP2_MAX_STREAMS)
+        .max_header_list_size(HTTP2_MAX_HEADER_LIST);
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = stopped(&mut stopping) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+        () = idle(&head) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(error = %e, %peer, "HTTP/2 connection ended with an error");
+    }
+}
+
+/// Resolves once nothing has been read for [`IDLE_TIMEOUT`].
+async fn idle(head: &HeadWatch) {
+    let start = Instant::now();
+    loop {
+        let quiet_until = head.last_read().unwrap_or(start) + IDLE_TIMEOUT;
+        if Instant::now() >= quiet_until {
+            return;
+        }
+        tokio::time::sleep_until(quiet_until.into()).await;
     }
 }
 
@@ -219,6 +305,8 @@ struct HeadState {
     heads: u64,
     /// The first byte read since the current wait began.
     first_byte: Option<Instant>,
+    /// When bytes last arrived.
+    last_read: Option<Instant>,
 }
 
 impl HeadWatch {
@@ -237,10 +325,16 @@ impl HeadWatch {
     }
 
     fn bytes_arrived(&self) {
+        let now = Instant::now();
         let mut state = self.lock();
         if state.first_byte.is_none() {
-            state.first_byte = Some(Instant::now());
+            state.first_byte = Some(now);
         }
+        state.last_read = Some(now);
+    }
+
+    fn last_read(&self) -> Option<Instant> {
+        self.lock().last_read
     }
 
     fn first_byte(&self) -> Option<Instant> {

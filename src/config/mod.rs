@@ -36,6 +36,34 @@ pub struct Limits {
     pub recovery_per_ip: i64,
 }
 
+/// HTTPS served by the service itself (SPEC §12): `TLS_CERT_PATH` and `TLS_KEY_PATH`.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// PEM: the server's certificate, then any intermediates.
+    pub cert_path: PathBuf,
+    /// PEM: its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: PathBuf,
+    /// `TLS_RELOAD_INTERVAL_SECS`: how often the two files are checked for a new pair.
+    pub reload_interval: Duration,
+    /// `TLS_CLIENT_CA_PATH` + `TLS_CLIENT_AUTH`: mutual TLS.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// Client certificates verified against `ca_path` (PEM, one or more CA certificates).
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    pub ca_path: PathBuf,
+    pub mode: ClientAuthMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthMode {
+    /// The handshake fails without a valid client certificate.
+    Required,
+    /// Any client connects; the administration routes need a valid certificate.
+    Optional,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Pretty,
@@ -81,6 +109,10 @@ pub struct Config {
     /// `PAGES`: the server-rendered pages (sign-in, account, admin…); off for an API-only
     /// deployment.
     pub pages: bool,
+    /// HTTPS on `APP_PORT` instead of plain HTTP; `None` behind a TLS-terminating proxy.
+    pub tls: Option<TlsSettings>,
+    /// `HTTP_REDIRECT_PORT`: a plain-HTTP listener answering 308 to `APP_URL`.
+    pub http_redirect_port: Option<u16>,
 }
 
 /// Far beyond what one process can hold open; a larger value is a typo.
@@ -88,6 +120,11 @@ const MAX_CONNECTIONS_CEILING: u64 = 1_000_000;
 
 /// The variable whose rules depend on another's value (production needs https).
 const APP_URL: &str = "APP_URL";
+const TLS_CERT_PATH: &str = "TLS_CERT_PATH";
+const TLS_KEY_PATH: &str = "TLS_KEY_PATH";
+const TLS_CLIENT_CA_PATH: &str = "TLS_CLIENT_CA_PATH";
+const TLS_CLIENT_AUTH: &str = "TLS_CLIENT_AUTH";
+const HTTP_REDIRECT_PORT: &str = "HTTP_REDIRECT_PORT";
 
 impl Config {
     /// Reads `.env` (if present) into the process environment, then the environment.
@@ -188,7 +225,27 @@ impl Config {
             recovery_per_ip: vars.count("RATE_LIMIT_RECOVERY_PER_IP", 20)?,
         };
 
+        let tls = tls_settings(&vars)?;
+        let http_redirect_port = vars.parse_optional::<u16>(HTTP_REDIRECT_PORT)?;
+        if http_redirect_port.is_some() {
+            // Redirecting to plain HTTP would protect nothing, and to this very port would loop.
+            if !app_url.starts_with("https://") {
+                return Err(ConfigError::new(
+                    HTTP_REDIRECT_PORT,
+                    "needs an https:// APP_URL to redirect to",
+                ));
+            }
+            if http_redirect_port == Some(port) && port != 0 {
+                return Err(ConfigError::new(
+                    HTTP_REDIRECT_PORT,
+                    "must differ from APP_PORT",
+                ));
+            }
+        }
+
         Ok(Self {
+            tls,
+            http_redirect_port,
             environment,
             host,
             port,
@@ -236,6 +293,64 @@ impl Config {
 
     pub fn is_production(&self) -> bool {
         self.environment == Environment::Production
+    }
+}
+
+/// The TLS variables: both files or neither; client certificates only over TLS, and
+/// `TLS_CLIENT_AUTH` only with the CA that checks them (`required` when only the CA is set).
+/// The files themselves are read and checked when the server starts (`tls::ServerTls::load`).
+fn tls_settings(vars: &Vars<'_>) -> Result<Option<TlsSettings>, ConfigError> {
+    let cert = vars.text(TLS_CERT_PATH).map(PathBuf::from);
+    let key = vars.text(TLS_KEY_PATH).map(PathBuf::from);
+    let ca = vars.text(TLS_CLIENT_CA_PATH).map(PathBuf::from);
+    let mode = vars
+        .text(TLS_CLIENT_AUTH)
+        .map(|_| {
+            vars.choice(
+                TLS_CLIENT_AUTH,
+                ClientAuthMode::Required,
+                &[
+                    ("required", ClientAuthMode::Required),
+                    ("optional", ClientAuthMode::Optional),
+                ],
+            )
+        })
+        .transpose()?;
+    let reload_interval =
+        Duration::from_secs(vars.number("TLS_RELOAD_INTERVAL_SECS", 60, 1, 86_400)?);
+    let client_auth = match (ca, mode) {
+        (Some(ca_path), mode) => Some(ClientAuth {
+            ca_path,
+            mode: mode.unwrap_or(ClientAuthMode::Required),
+        }),
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                TLS_CLIENT_AUTH,
+                "needs TLS_CLIENT_CA_PATH, the CA the client certificates are checked against",
+            ))
+        }
+        (None, None) => None,
+    };
+    match (cert, key) {
+        (Some(cert_path), Some(key_path)) => Ok(Some(TlsSettings {
+            cert_path,
+            key_path,
+            reload_interval,
+            client_auth,
+        })),
+        (Some(_), None) => Err(ConfigError::new(
+            TLS_KEY_PATH,
+            "must be set with TLS_CERT_PATH (the certificate's private key)",
+        )),
+        (None, Some(_)) => Err(ConfigError::new(
+            TLS_CERT_PATH,
+            "must be set with TLS_KEY_PATH (the key's certificate)",
+        )),
+        (None, None) if client_auth.is_some() => Err(ConfigError::new(
+            TLS_CLIENT_CA_PATH,
+            "needs TLS_CERT_PATH and TLS_KEY_PATH: client certificates are checked in the TLS handshake",
+        )),
+        (None, None) => Ok(None),
     }
 }
 
@@ -493,6 +608,68 @@ mod tests {
             url(&[("SMTP_PORT", "25")]).as_deref(),
             Some("smtp://smtp.example.com:25")
         );
+    }
+
+    #[test]
+    fn tls_variables_come_in_pairs_and_name_the_missing_one() {
+        let c = Config::from_vars(&vars(&[])).unwrap();
+        assert!(c.tls.is_none() && c.http_redirect_port.is_none());
+        let both = [("TLS_CERT_PATH", "/c.pem"), ("TLS_KEY_PATH", "/k.pem")];
+        let tls = Config::from_vars(&vars(&both)).unwrap().tls.unwrap();
+        assert_eq!(tls.reload_interval, Duration::from_secs(60));
+        assert!(tls.client_auth.is_none());
+        for (set, missing) in [
+            (("TLS_CERT_PATH", "/c.pem"), "TLS_KEY_PATH"),
+            (("TLS_KEY_PATH", "/k.pem"), "TLS_CERT_PATH"),
+            (("TLS_CLIENT_AUTH", "required"), "TLS_CLIENT_AUTH"),
+            (("TLS_CLIENT_CA_PATH", "/ca.pem"), "TLS_CLIENT_CA_PATH"),
+        ] {
+            let err = Config::from_vars(&vars(&[set])).unwrap_err();
+            assert_eq!(err.variable, missing, "{err}");
+            assert_eq!(err.to_string().lines().count(), 1, "{err}");
+        }
+        let mut mtls = both.to_vec();
+        mtls.push(("TLS_CLIENT_CA_PATH", "/ca.pem"));
+        let auth = |extra: &[(&'static str, &'static str)]| {
+            let mut all = mtls.clone();
+            all.extend_from_slice(extra);
+            Config::from_vars(&vars(&all)).map(|c| c.tls.unwrap().client_auth.unwrap().mode)
+        };
+        assert_eq!(auth(&[]).unwrap(), ClientAuthMode::Required);
+        assert_eq!(
+            auth(&[("TLS_CLIENT_AUTH", "optional")]).unwrap(),
+            ClientAuthMode::Optional
+        );
+        assert_eq!(
+            auth(&[("TLS_CLIENT_AUTH", "sometimes")])
+                .unwrap_err()
+                .variable,
+            "TLS_CLIENT_AUTH"
+        );
+        let mut slow = both.to_vec();
+        slow.push(("TLS_RELOAD_INTERVAL_SECS", "0"));
+        assert_eq!(
+            Config::from_vars(&vars(&slow)).unwrap_err().variable,
+            "TLS_RELOAD_INTERVAL_SECS"
+        );
+    }
+
+    #[test]
+    fn the_redirect_port_needs_an_https_app_url_of_another_port() {
+        let err = Config::from_vars(&vars(&[("HTTP_REDIRECT_PORT", "8081")])).unwrap_err();
+        assert_eq!(err.variable, "HTTP_REDIRECT_PORT");
+        let err = Config::from_vars(&vars(&[
+            ("HTTP_REDIRECT_PORT", "8080"),
+            ("APP_URL", "https://auth.example.com"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.variable, "HTTP_REDIRECT_PORT");
+        let c = Config::from_vars(&vars(&[
+            ("HTTP_REDIRECT_PORT", "80"),
+            ("APP_URL", "https://auth.example.com"),
+        ]))
+        .unwrap();
+        assert_eq!(c.http_redirect_port, Some(80));
     }
 
     #[test]

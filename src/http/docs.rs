@@ -54,10 +54,18 @@ pub fn router(openapi: OpenApi) -> Router<AppState> {
 /// where a JSON body is read; 401 where credentials are read; 403 where a session cookie
 /// may make a change (the Origin check); `Retry-After` on every 429. It also says what the
 /// derive cannot: sign-in needs `username` or `email`.
-pub fn complete(openapi: &mut OpenApi) {
+pub fn complete(openapi: &mut OpenApi, client_certificates: bool) {
     for (path, item) in openapi.paths.paths.iter_mut() {
         let needs_database = path != "/health";
+        let needs_certificate = client_certificates && super::needs_client_certificate(path);
         for (method, op) in operations_mut(item) {
+            if needs_certificate {
+                add_or_extend(
+                    op,
+                    403,
+                    "`forbidden`: the connection presented no verified TLS client certificate (`TLS_CLIENT_AUTH=optional`)",
+                );
+            }
             let unsafe_method = !matches!(method, HttpMethod::Get | HttpMethod::Head);
             if op.request_body.is_some() {
                 add(op, 400, "`validation_failed` (a rule of the schema, with the field in `details`) or `invalid_body` (not JSON, not an object, a wrong type)");
@@ -164,6 +172,17 @@ fn add(op: &mut Operation, status: u16, description: &str) {
         .responses
         .entry(status.to_string())
         .or_insert_with(|| error_response(description));
+}
+
+/// Lists `status`, or adds `description` to the one already listed (a second reason for it).
+fn add_or_extend(op: &mut Operation, status: u16, description: &str) {
+    match op.responses.responses.get_mut(&status.to_string()) {
+        Some(RefOr::T(response)) => {
+            response.description = format!("{}; or {description}", response.description);
+        }
+        Some(RefOr::Ref(_)) => {}
+        None => add(op, status, description),
+    }
 }
 
 fn error_response(description: &str) -> RefOr<Response> {

@@ -9,6 +9,7 @@ pub mod extract;
 mod keys;
 mod pages;
 mod password;
+pub mod redirect;
 mod users;
 
 use std::sync::Arc;
@@ -233,10 +234,45 @@ async fn refuse_malformed_head(request: Request, next: middleware::Next) -> Resp
     next.run(request).await
 }
 
+/// With `TLS_CLIENT_AUTH=optional`, the administration routes (API and page) need the
+/// connection to have presented a client certificate the handshake verified (SPEC §12).
+fn needs_client_certificate(path: &str) -> bool {
+    let under = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    under("/api/admin") || under("/api/users/users") || under("/admin")
+}
+
+/// Refuses (403) an administration request on a connection without a verified client
+/// certificate, before any credential is read.
+async fn require_client_certificate(request: Request, next: middleware::Next) -> Response {
+    if needs_client_certificate(request.uri().path())
+        && request
+            .extensions()
+            .get::<crate::tls::ClientCertificate>()
+            .is_none()
+    {
+        return crate::error::Error::Forbidden(
+            "A verified TLS client certificate is required for this route.",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
 pub fn router(state: AppState) -> Router {
     let (api, mut openapi) = api_router().split_for_parts();
-    docs::complete(&mut openapi);
+    let client_certificates = state
+        .config
+        .tls
+        .as_ref()
+        .and_then(|tls| tls.client_auth.as_ref())
+        .is_some();
+    docs::complete(&mut openapi, client_certificates);
     let production = state.config.is_production();
+    // Behind a proxy in production, the proxy speaks TLS to the browser.
+    let hsts = production || state.config.tls.is_some();
     let cors = state.origins.cors_layer();
     let mut app = api.merge(docs::router(openapi));
     if state.config.pages {
@@ -272,7 +308,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::STRICT_TRANSPORT_SECURITY,
-            production.then(|| HeaderValue::from_static("max-age=31536000; includeSubDomains")),
+            hsts.then(|| HeaderValue::from_static("max-age=31536000; includeSubDomains")),
         ));
 
     app.layer(
@@ -288,7 +324,12 @@ pub fn router(state: AppState) -> Router {
                             .get("x-request-id")
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or_default();
-                        tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                        // The subject of a verified client certificate: who, never the key.
+                        let client = req
+                            .extensions()
+                            .get::<crate::tls::ClientCertificate>()
+                            .map(|c| tracing::field::display(c.subject().to_owned()));
+                        tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id, client_certificate = client)
                     })
                     .on_response(DefaultOnResponse::new().level(Level::INFO)),
             )
@@ -297,6 +338,9 @@ pub fn router(state: AppState) -> Router {
             .layer(cors)
             .layer(middleware::from_fn(error::envelope))
             .layer(middleware::from_fn(refuse_malformed_head))
+            .option_layer(
+                client_certificates.then(|| middleware::from_fn(require_client_certificate)),
+            )
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,
                 REQUEST_TIMEOUT,

@@ -25,3 +25,4 @@ mod protection;
 mod service;
 mod sessions;
 mod signin;
+mod tls;

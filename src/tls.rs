@@ -1,0 +1,527 @@
+//! HTTPS served directly (SPEC §12): rustls (ring, TLS 1.2 and 1.3, ALPN `h2` and
+//! `http/1.1`), the certificate re-read when its files change or on SIGHUP, and client
+//! certificates checked against a CA.
+//!
+//! The certificate is handed to rustls per handshake by [`CurrentCertificate`], so a new
+//! pair swaps in for the next connection while open ones keep the session they have.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{ClientAuthMode, ConfigError, TlsSettings};
+use crate::server::{ConnectionInfo, Handshake};
+
+const TLS_CERT_PATH: &str = "TLS_CERT_PATH";
+const TLS_KEY_PATH: &str = "TLS_KEY_PATH";
+const TLS_CLIENT_CA_PATH: &str = "TLS_CLIENT_CA_PATH";
+
+/// The TLS side of the server: the rustls configuration and the certificate in use.
+pub struct ServerTls {
+    acceptor: TlsAcceptor,
+    current: Arc<CurrentCertificate>,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    reload_interval: Duration,
+    /// What the last check of the files found, so that a change is acted on (and a bad file
+    /// warned about) once, not at every check.
+    last_seen: Mutex<Option<Seen>>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum Seen {
+    /// SHA-256 of the two files' contents.
+    Contents([u8; 32]),
+    /// Why they could not be read.
+    Unreadable(String),
+}
+
+/// What a check of the certificate files did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reload {
+    /// The files are as last seen.
+    Unchanged,
+    /// A new valid pair is in use for new connections.
+    Replaced,
+    /// The files changed but are not a valid pair (the reason, which names the variable):
+    /// the certificate in use stays.
+    Kept(String),
+}
+
+impl ServerTls {
+    /// Reads and checks the certificate, key and client CA; the error names the variable.
+    pub fn load(settings: &TlsSettings) -> Result<Self, ConfigError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let (cert_pem, key_pem) = read_pair(&settings.cert_path, &settings.key_path)?;
+        let certified = certified_key(&cert_pem, &key_pem, &settings.cert_path, &provider)?;
+        let current = Arc::new(CurrentCertificate {
+            key: RwLock::new(Arc::new(certified)),
+        });
+        let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| ConfigError::new(TLS_CERT_PATH, format!("TLS setup failed: {e}")))?;
+        let builder = match &settings.client_auth {
+            None => builder.with_no_client_auth(),
+            Some(client_auth) => {
+                let roots = client_roots(&client_auth.ca_path)?;
+                let verifier = WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    Arc::clone(&provider),
+                );
+                let verifier = match client_auth.mode {
+                    ClientAuthMode::Required => verifier,
+                    ClientAuthMode::Optional => verifier.allow_unauthenticated(),
+                };
+                let verifier = verifier.build().map_err(|e| {
+                    ConfigError::new(
+                        TLS_CLIENT_CA_PATH,
+                        format!("{}: {e}", client_auth.ca_path.display()),
+                    )
+                })?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_cert_resolver(Arc::clone(&current) as _);
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Self {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            current,
+            cert_path: settings.cert_path.clone(),
+            key_path: settings.key_path.clone(),
+            reload_interval: settings.reload_interval,
+            last_seen: Mutex::new(Some(Seen::Contents(fingerprint(&cert_pem, &key_pem)))),
+        })
+    }
+
+    /// The [`Handshake`] the accept loop runs on each connection.
+    pub fn handshake(&self) -> TlsHandshake {
+        TlsHandshake {
+            acceptor: self.acceptor.clone(),
+        }
+    }
+
+    /// Reads the two files; a new valid pair replaces the certificate for new connections,
+    /// anything else leaves it in place (and is logged once, without the files' contents).
+    pub fn reload(&self) -> Reload {
+        let read = read_pair(&self.cert_path, &self.key_path);
+        let seen = match &read {
+            Ok((cert, key)) => Seen::Contents(fingerprint(cert, key)),
+            Err(e) => Seen::Unreadable(e.to_string()),
+        };
+        {
+            let mut last = self
+                .last_seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if last.as_ref() == Some(&seen) {
+                return Reload::Unchanged;
+            }
+            *last = Some(seen);
+        }
+        let provider = rustls::crypto::ring::default_provider();
+        let loaded =
+            read.and_then(|(cert, key)| certified_key(&cert, &key, &self.cert_path, &provider));
+        match loaded {
+            Ok(certified) => {
+                *self
+                    .current
+                    .key
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = Arc::new(certified);
+                tracing::info!(
+                    cert = %self.cert_path.display(),
+                    "TLS certificate reloaded; new connections use it"
+                );
+                Reload::Replaced
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "TLS certificate files changed but were not loaded; the current certificate stays"
+                );
+                Reload::Kept(e.to_string())
+            }
+        }
+    }
+
+    /// Checks the files every `TLS_RELOAD_INTERVAL_SECS` and on SIGHUP, until `stop`.
+    pub async fn watch(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut every = tokio::time::interval(self.reload_interval);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate: the files were just loaded.
+        every.tick().await;
+        let mut hangup = hangups();
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                Some(()) = next_hangup(&mut hangup) => {
+                    tracing::info!("SIGHUP: checking the TLS certificate files");
+                }
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            let _ = self.reload();
+        }
+    }
+}
+
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = ();
+
+#[cfg(unix)]
+fn hangups() -> Hangups {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; the TLS files are still checked periodically");
+            None
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn hangups() -> Hangups {}
+
+#[cfg(unix)]
+async fn next_hangup(hangups: &mut Hangups) -> Option<()> {
+    match hangups {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn next_hangup(_: &mut Hangups) -> Option<()> {
+    std::future::pending().await
+}
+
+/// Hands rustls the certificate in use, per handshake.
+struct CurrentCertificate {
+    key: RwLock<Arc<CertifiedKey>>,
+}
+
+impl std::fmt::Debug for CurrentCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CurrentCertificate")
+    }
+}
+
+impl ResolvesServerCert for CurrentCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(
+            &self.key.read().unwrap_or_else(PoisonError::into_inner),
+        ))
+    }
+}
+
+fn read_file(variable: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path)
+        .map_err(|e| ConfigError::new(variable, format!("cannot read {}: {e}", path.display())))
+}
+
+fn read_pair(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), ConfigError> {
+    Ok((
+        read_file(TLS_CERT_PATH, cert)?,
+        read_file(TLS_KEY_PATH, key)?,
+    ))
+}
+
+fn fingerprint(cert: &[u8], key: &[u8]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update((cert.len() as u64).to_be_bytes());
+    hash.update(cert);
+    hash.update(key);
+    hash.finalize().into()
+}
+
+fn certificates(
+    variable: &'static str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            ConfigError::new(variable, format!("{}: malformed PEM: {e}", path.display()))
+        })?;
+    if certs.is_empty() {
+        return Err(ConfigError::new(
+            variable,
+            format!("{} holds no PEM certificate", path.display()),
+        ));
+    }
+    Ok(certs)
+}
+
+/// The pair as rustls serves it, once the key is known to be the certificate's. Errors say
+/// which file is wrong and never quote the key.
+fn certified_key(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert_path: &Path,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, ConfigError> {
+    let chain = certificates(TLS_CERT_PATH, cert_path, cert_pem)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| {
+        ConfigError::new(
+            TLS_KEY_PATH,
+            "holds no PEM private key (PKCS#8, PKCS#1 or SEC1)",
+        )
+    })?;
+    let key = provider.key_provider.load_private_key(key).map_err(|_| {
+        ConfigError::new(
+            TLS_KEY_PATH,
+            "the private key is malformed or of an unsupported type",
+        )
+    })?;
+    let certified = CertifiedKey::new(chain, key);
+    match certified.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Ok(certified)
+        }
+        Err(rustls::Error::InconsistentKeys(_)) => Err(ConfigError::new(
+            TLS_KEY_PATH,
+            "the private key does not match the certificate of TLS_CERT_PATH",
+        )),
+        Err(e) => Err(ConfigError::new(
+            TLS_CERT_PATH,
+            format!("{}: not a usable certificate: {e}", cert_path.display()),
+        )),
+    }
+}
+
+fn client_roots(path: &Path) -> Result<RootCertStore, ConfigError> {
+    let pem = read_file(TLS_CLIENT_CA_PATH, path)?;
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(TLS_CLIENT_CA_PATH, path, &pem)? {
+        roots.add(cert).map_err(|e| {
+            ConfigError::new(
+                TLS_CLIENT_CA_PATH,
+                format!("{}: not a usable CA certificate: {e}", path.display()),
+            )
+        })?;
+    }
+    Ok(roots)
+}
+
+/// The TLS handshake of each connection, in the accept loop's connection task.
+#[derive(Clone)]
+pub struct TlsHandshake {
+    acceptor: TlsAcceptor,
+}
+
+impl Handshake for TlsHandshake {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+
+    async fn handshake(&self, tcp: TcpStream) -> io::Result<Self::Io> {
+        self.acceptor.accept(tcp).await
+    }
+
+    fn info(io: &Self::Io) -> ConnectionInfo {
+        let (_, session) = io.get_ref();
+        ConnectionInfo {
+            http2: session.alpn_protocol() == Some(b"h2"),
+            client_certificate: session
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|cert| ClientCertificate {
+                    subject: subject_of(cert.as_ref()).into(),
+                }),
+        }
+    }
+}
+
+/// A client certificate the handshake verified against `TLS_CLIENT_CA_PATH`: in the
+/// extensions of every request of its connection.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate {
+    subject: Arc<str>,
+}
+
+impl ClientCertificate {
+    /// The subject's distinguished name, e.g. `CN=ops-laptop, O=Example` (printable ASCII
+    /// only: anything else is shown as `?`, so it is safe in a log line).
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+}
+
+/// The subject of a DER certificate as `CN=…, O=…`; `?` when it cannot be read (webpki has
+/// verified the certificate, so that would be a name of a form this reader does not know).
+fn subject_of(der: &[u8]) -> String {
+    let name = (|| {
+        let certificate = der::contents(der, der::SEQUENCE)?.0;
+        let mut tbs = der::contents(certificate, der::SEQUENCE)?.0;
+        // [0] version (optional), serial, signature algorithm, issuer, validity, subject.
+        if tbs.first() == Some(&0xa0) {
+            tbs = der::next(tbs)?.1;
+        }
+        for _ in 0..4 {
+            tbs = der::next(tbs)?.1;
+        }
+        der::contents(tbs, der::SEQUENCE).map(|(name, _)| name)
+    })();
+    name.and_then(der::distinguished_name)
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+/// Just enough DER to read a certificate's subject.
+mod der {
+    pub const SEQUENCE: u8 = 0x30;
+    const SET: u8 = 0x31;
+    const OID: u8 = 0x06;
+
+    /// The first element: (tag, contents, rest).
+    pub fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, input) = input.split_first()?;
+        let (&first, mut input) = input.split_first()?;
+        let length = if first < 0x80 {
+            usize::from(first)
+        } else {
+            let octets = usize::from(first & 0x7f);
+            if octets == 0 || octets > 4 || input.len() < octets {
+                return None;
+            }
+            let (bytes, rest) = input.split_at(octets);
+            input = rest;
+            bytes.iter().fold(0usize, |n, &b| (n << 8) | usize::from(b))
+        };
+        if input.len() < length {
+            return None;
+        }
+        let (contents, rest) = input.split_at(length);
+        Some((tag, contents, rest))
+    }
+
+    /// The contents of the first element, which must have `tag`, and what follows it.
+    pub fn contents(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+        let (found, contents, rest) = element(input)?;
+        (found == tag).then_some((contents, rest))
+    }
+
+    /// The first element skipped: (its contents, the rest).
+    pub fn next(input: &[u8]) -> Option<(&[u8], &[u8])> {
+        element(input).map(|(_, contents, rest)| (contents, rest))
+    }
+
+    /// RDNSequence → `CN=a, O=b` (in the certificate's order).
+    pub fn distinguished_name(mut name: &[u8]) -> Option<String> {
+        let mut parts = Vec::new();
+        while !name.is_empty() {
+            let (mut rdn, rest) = contents(name, SET)?;
+            name = rest;
+            while !rdn.is_empty() {
+                let (attribute, rest) = contents(rdn, SEQUENCE)?;
+                rdn = rest;
+                let (oid, value) = contents(attribute, OID)?;
+                let (_, value, _) = element(value)?;
+                let text: String = String::from_utf8_lossy(value)
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_graphic() || c == ' ' {
+                            c
+                        } else {
+                            '?'
+                        }
+                    })
+                    .collect();
+                parts.push(format!("{}={text}", attribute_name(oid)));
+            }
+        }
+        Some(parts.join(", "))
+    }
+
+    fn attribute_name(oid: &[u8]) -> String {
+        match oid {
+            [0x55, 0x04, 0x03] => "CN".to_owned(),
+            [0x55, 0x04, 0x05] => "serialNumber".to_owned(),
+            [0x55, 0x04, 0x06] => "C".to_owned(),
+            [0x55, 0x04, 0x07] => "L".to_owned(),
+            [0x55, 0x04, 0x08] => "ST".to_owned(),
+            [0x55, 0x04, 0x0a] => "O".to_owned(),
+            [0x55, 0x04, 0x0b] => "OU".to_owned(),
+            [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01] => "emailAddress".to_owned(),
+            other => {
+                // Dotted form: the first octet holds two arcs, the rest base-128 digits.
+                let mut arcs = Vec::new();
+                if let Some((&first, rest)) = other.split_first() {
+                    arcs.push((first / 40).min(2).to_string());
+                    arcs.push((first - 40 * (first / 40).min(2)).to_string());
+                    let mut n: u64 = 0;
+                    for &b in rest {
+                        n = (n << 7) | u64::from(b & 0x7f);
+                        if b & 0x80 == 0 {
+                            arcs.push(n.to_string());
+                            n = 0;
+                        }
+                    }
+                }
+                arcs.join(".")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A certificate made by `openssl req -x509 -subj "/C=FR/O=Example, Inc./CN=ops laptop"`
+    /// would read the same; here a hand-made TBS with the same subject, enough for the reader.
+    #[test]
+    fn the_subject_reads_as_a_distinguished_name() {
+        fn tlv(tag: u8, contents: &[u8]) -> Vec<u8> {
+            let mut out = vec![tag];
+            if contents.len() < 0x80 {
+                out.push(contents.len() as u8);
+            } else {
+                out.push(0x82);
+                out.extend_from_slice(&(contents.len() as u16).to_be_bytes());
+            }
+            out.extend_from_slice(contents);
+            out
+        }
+        let attribute = |oid: &[u8], value: &str| {
+            let mut body = tlv(0x06, oid);
+            body.extend(tlv(0x0c, value.as_bytes()));
+            tlv(0x31, &tlv(0x30, &body))
+        };
+        let mut subject = attribute(&[0x55, 0x04, 0x06], "FR");
+        subject.extend(attribute(&[0x55, 0x04, 0x0a], "Example, Inc."));
+        subject.extend(attribute(&[0x55, 0x04, 0x03], "ops laptop\n"));
+        subject.extend(attribute(&[0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0x37], "x"));
+        let mut tbs = tlv(0xa0, &tlv(0x02, &[2]));
+        tbs.extend(tlv(0x02, &[1; 20]));
+        tbs.extend(tlv(0x30, &tlv(0x06, &[0x2a, 0x86, 0x48])));
+        tbs.extend(tlv(0x30, &[]));
+        tbs.extend(tlv(0x30, &[0u8; 200]));
+        tbs.extend(tlv(0x30, &subject));
+        tbs.extend(tlv(0x30, &[]));
+        let cert = tlv(0x30, &tlv(0x30, &tbs));
+        assert_eq!(
+            subject_of(&cert),
+            "C=FR, O=Example, Inc., CN=ops laptop?, 1.3.6.1.4.1.311=x"
+        );
+        assert_eq!(subject_of(&cert[..cert.len() - 3]), "?");
+        assert_eq!(subject_of(b"not der"), "?");
+    }
+}
