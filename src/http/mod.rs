@@ -328,7 +328,7 @@ pub fn router(state: AppState) -> Router {
                         let client = req
                             .extensions()
                             .get::<crate::tls::ClientCertificate>()
-                            .map(|c| tracing::field::display(c.subject().to_owned()));
+                            .map(|c| tracing::field::display(c.subject()));
                         tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id, client_certificate = client)
                     })
                     .on_response(DefaultOnResponse::new().level(Level::INFO)),

@@ -269,6 +269,7 @@ async fn a_client_trusting_another_ca_or_meeting_an_expired_certificate_refuses(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_certificate_on_disk_is_served_to_new_connections_while_old_ones_go_on() {
+    let logs = crate::helpers::captured_logs();
     let ca = Ca::new("Test CA");
     let files = Files::new();
     let first = ca.server("first");
@@ -312,12 +313,21 @@ async fn a_new_certificate_on_disk_is_served_to_new_connections_while_old_ones_g
     assert_eq!(peer_certificate(&r), first.der, "the same connection");
     assert_eq!(r.status(), 200);
 
-    // A broken replacement is not taken: the second certificate stays in use.
+    // A broken replacement is not taken: the watcher says why, once, and the second
+    // certificate stays in use.
     files.write(
         "cert.pem",
         "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
     );
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let cert_path = files.cert();
+    eventually("the watcher logs the bad file", WAIT, || {
+        let logged = logs.contents();
+        let found = logged
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains(&cert_path) && l.contains("TLS_CERT_PATH"));
+        async move { found.then_some(()) }
+    })
+    .await;
     let r = client(&ca, None)
         .get(app.url("/health"))
         .send()
