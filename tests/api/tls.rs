@@ -222,6 +222,22 @@ async fn https_serves_the_api_with_hsts_over_http2_and_http1(backend: Backend) {
     let me = app.me(&tokens).await;
     assert_eq!(me.id, tokens.user_id);
 
+    // The edge's answers work the same over HTTP/2: an oversized body is refused (its
+    // `Connection: close` has no place in HTTP/2 and is dropped), and the connection serves on.
+    let huge = serde_json::json!({"username": "a", "password": "x".repeat(70 * 1024)});
+    let r = app
+        .client
+        .post(app.url("/api/auth/signin"))
+        .json(&huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), Version::HTTP_2);
+    assert_error(r, 413, "payload_too_large").await;
+    let r = app.client.get(app.url("/api/nope")).send().await.unwrap();
+    assert!(r.headers().contains_key("strict-transport-security"));
+    assert_error(r, 404, "not_found").await;
+
     // HTTP/1.1 when the client offers only that.
     let http1 = client_builder(&ca, None).http1_only().build().unwrap();
     let r = http1
