@@ -3,6 +3,7 @@
 //! translated in `legacy`, the mail settings parsed in `mail::settings`.
 
 mod legacy;
+pub mod sso;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -81,6 +82,8 @@ pub struct Config {
     /// `PAGES`: the server-rendered pages (sign-in, account, admin…); off for an API-only
     /// deployment.
     pub pages: bool,
+    /// Social sign-in providers (SPEC §11); none by default.
+    pub sso: sso::SsoProviders,
 }
 
 /// Far beyond what one process can hold open; a larger value is a typo.
@@ -231,6 +234,7 @@ impl Config {
             ipinfo_url: vars
                 .url("IPINFO_URL")?
                 .unwrap_or_else(|| "https://ipinfo.io".to_owned()),
+            sso: sso::SsoProviders::from_vars(&vars)?,
         })
     }
 

@@ -9,6 +9,7 @@ pub mod extract;
 mod keys;
 mod pages;
 mod password;
+mod sso;
 mod users;
 
 use std::sync::Arc;
@@ -187,6 +188,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .nest("/api/password", password::router())
         .nest("/api/admin", admin::router())
         .merge(keys::router())
+        .merge(sso::router())
 }
 
 /// A client's `X-Request-Id` is kept only if it is 1–64 of `[A-Za-z0-9._-]`: it is written

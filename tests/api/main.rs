@@ -5,6 +5,7 @@
 // ipinfo, a TCP proxy) run their own tasks, and forged tokens read the real time.
 #![allow(clippy::disallowed_methods)]
 
+mod fake_provider;
 mod helpers;
 mod ipinfo_standin;
 mod responses;
@@ -25,3 +26,4 @@ mod protection;
 mod service;
 mod sessions;
 mod signin;
+mod sso;
