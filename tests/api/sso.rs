@@ -156,6 +156,8 @@ both_backends!(
     the_last_way_in_cannot_be_unlinked,
     a_deactivated_account_cannot_sign_in_socially,
     unconfigured_providers_are_not_found,
+    social_sign_in_counts_for_the_limits,
+    the_pages_sign_in_directly_and_link_from_the_account,
 );
 
 async fn a_new_user_signs_up_with_github(backend: Backend) {
@@ -264,7 +266,7 @@ async fn a_verified_local_account_is_linked_and_its_owner_told(backend: Backend)
 
     app.deliver_all_emails().await;
     let mail = app.email(before + 1).await;
-    assert_eq!(mail.to, [user.email.clone()]);
+    assert_eq!(mail.to, [user.email.as_str()]);
     assert!(
         mail.subject().contains("new sign-in method"),
         "{}",
@@ -489,7 +491,7 @@ async fn a_signed_in_user_links_lists_and_unlinks(backend: Backend) {
     assert_eq!(identities(&app, &tokens).await, ["github"]);
     app.deliver_all_emails().await;
     let mail = app.email(before + 1).await;
-    assert_eq!(mail.to, [user.email.clone()]);
+    assert_eq!(mail.to, [user.email.as_str()]);
     assert!(mail.subject().contains("new sign-in method"));
 
     // Signing in with that GitHub account now opens this account.
@@ -613,6 +615,16 @@ async fn a_deactivated_account_cannot_sign_in_socially(backend: Backend) {
 
 async fn unconfigured_providers_are_not_found(backend: Backend) {
     let app = TestApp::spawn(backend).await;
+    let signin = app
+        .request(Method::GET, "/signin", None, None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !signin.contains("/api/auth/sso/"),
+        "no buttons without providers"
+    );
     for path in [
         "/api/auth/sso/github",
         "/api/auth/sso/google/callback?state=x&code=y",
@@ -642,4 +654,101 @@ async fn unconfigured_providers_are_not_found(backend: Backend) {
     )
     .await;
     assert!(list.identities.is_empty());
+}
+
+async fn social_sign_in_counts_for_the_limits(backend: Backend) {
+    let (app, fake) = sso_app(backend).await;
+    fake.sign_in_as(Person::new("21", "limited@example.com"));
+    let tokens = sign_in_with(&app, "github").await;
+    // Five wrong passwords from this address lock the account for this address…
+    for _ in 0..5 {
+        let r = app
+            .try_sign_in(&tokens.user.username, "wrong password 1234")
+            .await;
+        assert_eq!(r.status(), 401);
+    }
+    // …for social sign-in too.
+    assert_eq!(refused(&app, "github").await, "too_many_requests");
+}
+
+async fn page(b: &Client, app: &TestApp, path: &str) -> String {
+    let r = b.get(app.url(path)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{path}");
+    r.text().await.unwrap()
+}
+
+async fn the_pages_sign_in_directly_and_link_from_the_account(backend: Backend) {
+    let (app, fake) = sso_app(backend).await;
+    let b = browser();
+    let signin = page(&b, &app, "/signin").await;
+    assert!(
+        signin.contains(r#"href="/api/auth/sso/github""#),
+        "{signin}"
+    );
+    assert!(signin.contains("Sign in with Google"));
+    assert!(signin.contains("Sign in with acme"));
+    assert!(page(&b, &app, "/signup")
+        .await
+        .contains(r#"id="sso-github""#));
+
+    // The button: no redirect_to, so the pages' flow, which ends signed in on /account.
+    fake.sign_in_as(Person::new("31", "pages@example.com"));
+    let r = b.get(app.url("/api/auth/sso/github")).send().await.unwrap();
+    let back = approve(&b, &location(&r)).await;
+    let r = callback(&b, &back).await;
+    assert_eq!(location(&r), "/account");
+    let cookies: Vec<_> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        cookies
+            .iter()
+            .any(|c| c.starts_with("auth.sid=") && c.contains("HttpOnly")),
+        "{cookies:?}"
+    );
+    let account = page(&b, &app, "/account").await;
+    assert!(account.contains("Linked sign-in methods"), "{account}");
+    assert!(account.contains(r#"id="unlink-github""#));
+
+    // Link acme from the account page: a link carrying the page's token.
+    let href = account
+        .split(r#"id="link-acme" href=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .replace("&amp;", "&");
+    let r = b.get(app.url(&href)).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    let to_provider = r.headers()["location"].to_str().unwrap().to_owned();
+    fake.sign_in_as(Person::new("acme-31", "pages@example.com"));
+    let back = approve(&b, &to_provider).await;
+    let landed = location(&callback(&b, &back).await);
+    assert_eq!(landed, "/account?linked=acme");
+    let account = page(&b, &app, &landed).await;
+    assert!(
+        account.contains("The sign-in method is linked."),
+        "{account}"
+    );
+    assert!(account.contains(r#"id="unlink-acme""#));
+    // Without the page's token the link goes nowhere.
+    let r = b
+        .get(app.url("/account/identities/google/link?csrf=forged"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["location"], "/account?sso_error=invalid_state");
+
+    // A refusal lands on /signin with the reason in words.
+    let b = browser();
+    fake.sign_in_as(Person::new("32", "pages@example.com").unverified());
+    let r = b.get(app.url("/api/auth/sso/github")).send().await.unwrap();
+    let back = approve(&b, &location(&r)).await;
+    let landed = location(&callback(&b, &back).await);
+    assert_eq!(landed, "/signin?error=provider_email_unverified");
+    assert!(page(&b, &app, &landed)
+        .await
+        .contains("does not say your email address is verified"));
 }
