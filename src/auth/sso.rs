@@ -417,6 +417,18 @@ impl SocialSignIn<'_> {
                         .await?;
                     return Err(ACCOUNT_DISABLED);
                 }
+                // The same rule as a password sign-in (an account linked explicitly while
+                // its email was unverified).
+                if self.config.require_email_verification && !user.email_verified {
+                    self.finish_attempt(
+                        attempt,
+                        &client,
+                        Some(&user),
+                        AttemptResult::EmailNotVerified,
+                    )
+                    .await?;
+                    return Err(Error::EmailNotVerified);
+                }
                 (user, attempt)
             }
             None => {
@@ -443,7 +455,17 @@ impl SocialSignIn<'_> {
                                 .await?;
                             return Err(error);
                         }
-                        self.link_and_notify(&user, provider, &identity).await?;
+                        if let Err(e) = self.link_and_notify(&user, provider, &identity).await {
+                            // Not a guess: the attempt stays on record without counting.
+                            self.finish_attempt(
+                                attempt,
+                                &client,
+                                Some(&user),
+                                AttemptResult::EmailNotVerified,
+                            )
+                            .await?;
+                            return Err(e);
+                        }
                         tracing::info!(user = %user.uid, provider = %method, "social identity linked by verified email");
                         (user, attempt)
                     }
@@ -452,8 +474,19 @@ impl SocialSignIn<'_> {
                             return Err(PROVIDER_EMAIL_UNVERIFIED);
                         }
                         let attempt = self.reserve_attempt(&identifier, None, &client).await?;
-                        let user = self.create_account(&method, &identity, &client).await?;
-                        (user, attempt)
+                        match self.create_account(&method, &identity, &client).await {
+                            Ok(user) => (user, attempt),
+                            Err(e) => {
+                                self.finish_attempt(
+                                    attempt,
+                                    &client,
+                                    None,
+                                    AttemptResult::EmailNotVerified,
+                                )
+                                .await?;
+                                return Err(e);
+                            }
+                        }
                     }
                 }
             }

@@ -122,7 +122,9 @@ impl SsoProviders {
                 method: format!("oidc:{name}"),
                 display_name: name.clone(),
                 slug: name,
-                issuer: issuer.trim_end_matches('/').to_owned(),
+                // As given: discovery requires the document's `issuer` to be exactly this, and
+                // some providers' issuers end with a slash.
+                issuer,
                 client_id,
                 client_secret: Secret::new(client_secret),
                 scopes,
@@ -184,7 +186,7 @@ mod tests {
         assert!(p.google.is_none());
         assert_eq!(p.oidc.len(), 1, "corp-sso has no credentials: off");
         assert_eq!(p.oidc[0].method, "oidc:acme");
-        assert_eq!(p.oidc[0].issuer, "https://id.acme.test");
+        assert_eq!(p.oidc[0].issuer, "https://id.acme.test/");
         assert_eq!(p.oidc[0].scopes, ["email", "groups"]);
     }
 

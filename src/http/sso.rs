@@ -19,7 +19,7 @@ use utoipa_axum::routes;
 
 use super::auth::{session_cookie, signed_in, SignInResponse};
 use super::error::ErrorEnvelope;
-use super::extract::{ApiJson, AuthUser, Client, OptionalApiJson};
+use super::extract::{ApiJson, AuthUser, Client};
 use super::AppState;
 use crate::auth::sso::{CallbackParams, Landing, FLOW_COOKIE, FLOW_TTL};
 use crate::error::{Error, FieldError};
@@ -96,6 +96,22 @@ pub struct IdentityView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct IdentitiesResponse {
     pub identities: Vec<IdentityView>,
+}
+
+/// The optional body of a link request: nothing, `null`, or an object (anything else 400).
+fn link_body(bytes: &[u8]) -> Result<Option<LinkRequest>, Error> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| Error::InvalidBody(e.to_string()))?;
+    match value {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::Object(_) => serde_json::from_value(value)
+            .map(Some)
+            .map_err(|e| Error::InvalidBody(e.to_string())),
+        _ => Err(Error::InvalidBody("expected a JSON object".into())),
+    }
 }
 
 /// An allow-listed `redirect_to`, or 400; `None` for the pages' flow (pages on).
@@ -293,8 +309,9 @@ async fn link(
     State(state): State<AppState>,
     AuthUser(principal): AuthUser,
     Path(provider): Path<String>,
-    OptionalApiJson(body): OptionalApiJson<LinkRequest>,
+    body: axum::body::Bytes,
 ) -> Result<Response, Error> {
+    let body = link_body(&body)?;
     principal.session_id()?;
     let sso = state.auth.sso();
     if !sso.providers().iter().any(|p| p.slug == provider) {
