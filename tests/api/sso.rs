@@ -752,3 +752,35 @@ async fn the_pages_sign_in_directly_and_link_from_the_account(backend: Backend) 
         .await
         .contains("does not say your email address is verified"));
 }
+
+/// The button on `/signin`, clicked in a real Chromium, through the fake provider and back
+/// to `/account` signed in; then a second provider linked from the account page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn person_signs_in_with_github_and_links_acme_in_a_browser() {
+    use crate::browser::Browser;
+    let Some(mut browser) = Browser::start().await else {
+        return;
+    };
+    let (app, fake) = sso_app(Backend::Sqlite).await;
+    fake.sign_in_as(Person::new("4711", "browser@example.com"));
+    browser.goto(&app.url("/signin")).await;
+    assert_eq!(browser.text("a#sso-github").await, "Sign in with GitHub");
+    browser.screenshots("signin-social").await;
+    browser.click_and_wait("a#sso-github").await;
+    browser.wait_for("section#identities").await;
+    assert_eq!(browser.url().await.path(), "/account");
+    assert!(browser.cookie("auth.sid").await.is_some());
+    assert!(browser.text("section#identities").await.contains("GitHub"));
+
+    fake.sign_in_as(Person::new("acme-4711", "browser@example.com"));
+    browser.click_and_wait("a#link-acme").await;
+    browser.wait_for("section#identities p.notice").await;
+    let section = browser.text("section#identities").await;
+    assert!(
+        section.contains("The sign-in method is linked."),
+        "{section}"
+    );
+    assert!(section.contains("acme"), "{section}");
+    browser.screenshots("account-identities").await;
+    browser.close().await;
+}
