@@ -91,6 +91,12 @@ impl Services {
             geo,
             clock: clock.clone(),
             background: background.clone(),
+            sso_http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(crate::auth::sso::PROVIDER_TIMEOUT)
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .build()
+                .context("building the identity providers' HTTP client")?,
         });
         Ok(Self {
             config,

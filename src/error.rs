@@ -46,6 +46,26 @@ pub enum Error {
     Unavailable(String),
     #[error("internal error: {0:#}")]
     Internal(#[from] anyhow::Error),
+    /// A social sign-in flow that is unknown, expired, already used or started in another
+    /// browser (SPEC §11).
+    #[error("invalid social sign-in state")]
+    SsoState,
+    /// Social sign-in refused for a reason the person can act on (403).
+    #[error("social sign-in refused: {code}")]
+    SsoRefused {
+        code: &'static str,
+        message: &'static str,
+    },
+    /// A social identity that cannot be linked or unlinked as asked (409).
+    #[error("social identity conflict: {code}")]
+    SsoConflict {
+        code: &'static str,
+        message: &'static str,
+    },
+    /// The identity provider failed, timed out or answered what cannot be trusted (an
+    /// `id_token` that does not verify); the cause is logged, never sent.
+    #[error("identity provider: {0}")]
+    Provider(String),
 }
 
 impl From<StoreError> for Error {
@@ -54,6 +74,10 @@ impl From<StoreError> for Error {
             StoreError::UsernameTaken => Error::UsernameTaken,
             StoreError::EmailTaken => Error::EmailTaken,
             StoreError::NotFound => Error::NotFound("resource"),
+            StoreError::IdentityTaken => Error::SsoConflict {
+                code: "identity_taken",
+                message: "This sign-in method is already linked to an account, or this account already has one of this provider.",
+            },
             StoreError::Database(e) if is_unavailable(&e) => Error::Unavailable(e.to_string()),
             other => Error::Internal(anyhow::Error::new(other)),
         }

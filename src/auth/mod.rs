@@ -7,6 +7,7 @@ pub mod password;
 mod protection;
 mod recovery;
 mod sessions;
+pub mod sso;
 pub(crate) mod tokens;
 
 use std::net::IpAddr;
@@ -110,6 +111,8 @@ pub struct Auth {
     pub(crate) geo: Arc<GeoLocator>,
     pub(crate) clock: Clock,
     pub(crate) background: Background,
+    /// For the identity providers of social sign-in: timeouts, no redirects followed.
+    pub(crate) sso_http: reqwest::Client,
 }
 
 impl Auth {
@@ -164,6 +167,11 @@ concern!(
     /// What administrators do to other accounts.
     Administration,
     admin
+);
+concern!(
+    /// Social sign-in: flows, the one-time code exchange, linked identities.
+    SocialSignIn,
+    sso
 );
 
 /// Identifiers are compared lower-cased, trimmed, without NUL characters, at most 200 characters.

@@ -229,9 +229,11 @@ impl Passwords {
         password: String,
         stored: Option<String>,
     ) -> Result<Verification, Error> {
+        // An account without a password (created by social sign-in) is judged like an
+        // unknown one: against the dummy hash, at the same cost, never valid.
         let (stored, real) = match stored {
-            Some(s) => (s, true),
-            None => (self.dummy_hash.to_string(), false),
+            Some(s) if crate::store::password_is_usable(&s) => (s, true),
+            _ => (self.dummy_hash.to_string(), false),
         };
         let verification = self
             .run(move |blocks| verify_blocking(&password, &stored, blocks))

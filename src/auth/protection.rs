@@ -181,6 +181,7 @@ impl Auth {
                 location,
                 user_agent: client.user_agent.clone(),
             }),
+            method: "password".to_owned(),
         };
         (outcome, lookup)
     }

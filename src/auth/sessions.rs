@@ -58,8 +58,21 @@ impl Sessions<'_> {
                 self.rehash_in_background(user.db_id, old, password);
             }
         }
-        let tokens = self.start_session(user, client, attempt).await?;
-        tracing::info!(user = %tokens.user.uid, session = %tokens.session_id, "signed in");
+        self.finish_sign_in(user, client, attempt, "password").await
+    }
+
+    /// Where every successful sign-in ends, whatever proved who it is (`method`: `password`,
+    /// `github`, `google`, `oidc:<name>`, recorded in the sign-in history): the one place to
+    /// add a step that every sign-in must pass.
+    pub(crate) async fn finish_sign_in(
+        &self,
+        user: User,
+        client: ClientInfo,
+        attempt: protection::AttemptId,
+        method: &str,
+    ) -> Result<IssuedTokens, Error> {
+        let tokens = self.start_session(user, client, attempt, method).await?;
+        tracing::info!(user = %tokens.user.uid, session = %tokens.session_id, method, "signed in");
         Ok(tokens)
     }
 
@@ -87,13 +100,15 @@ impl Sessions<'_> {
         mut user: User,
         client: ClientInfo,
         attempt: protection::AttemptId,
+        method: &str,
     ) -> Result<IssuedTokens, Error> {
         let now = self.clock.now();
         let session_cookie = random_token();
         let refresh_token = random_token();
         let session_id = SessionId::new(uuid::Uuid::new_v4().to_string());
-        let (outcome, lookup) =
+        let (mut outcome, lookup) =
             self.outcome(attempt, &client, Some(&user), AttemptResult::Succeeded);
+        outcome.method = method.to_owned();
         let log_id = self
             .store
             .start_session(

@@ -3,6 +3,7 @@
 //! translated in `legacy`, the mail settings parsed in `mail::settings`.
 
 mod legacy;
+pub mod sso;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -113,6 +114,8 @@ pub struct Config {
     pub tls: Option<TlsSettings>,
     /// `HTTP_REDIRECT_PORT`: a plain-HTTP listener answering 308 to `APP_URL`.
     pub http_redirect_port: Option<u16>,
+    /// Social sign-in providers (SPEC §11); none by default.
+    pub sso: sso::SsoProviders,
 }
 
 /// Far beyond what one process can hold open; a larger value is a typo.
@@ -288,6 +291,7 @@ impl Config {
             ipinfo_url: vars
                 .url("IPINFO_URL")?
                 .unwrap_or_else(|| "https://ipinfo.io".to_owned()),
+            sso: sso::SsoProviders::from_vars(&vars)?,
         })
     }
 

@@ -104,7 +104,7 @@ pub(super) fn session_cookie(state: &AppState, value: &str, max_age_secs: u64) -
     HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-fn signed_in(state: &AppState, tokens: IssuedTokens, message: &str) -> Response {
+pub(super) fn signed_in(state: &AppState, tokens: IssuedTokens, message: &str) -> Response {
     let user = UserView::from(&tokens.user);
     let cookie = session_cookie(
         state,

@@ -40,6 +40,10 @@ impl Error {
             Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::SsoState => StatusCode::BAD_REQUEST,
+            Error::SsoRefused { .. } => StatusCode::FORBIDDEN,
+            Error::SsoConflict { .. } => StatusCode::CONFLICT,
+            Error::Provider(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -102,6 +106,17 @@ impl Error {
                 "The service is temporarily unavailable; try again shortly.".into(),
             ),
             Error::Internal(_) => ("internal_error", "An internal error occurred.".into()),
+            Error::SsoState => (
+                "invalid_state",
+                "This sign-in link is unknown, expired, already used or from another browser; start the sign-in again.".into(),
+            ),
+            Error::SsoRefused { code, message } | Error::SsoConflict { code, message } => {
+                (*code, (*message).to_owned())
+            }
+            Error::Provider(_) => (
+                "provider_error",
+                "The identity provider could not complete the sign-in; try again.".into(),
+            ),
         };
         let details = match self {
             Error::Validation(details) => details.clone(),
@@ -144,6 +159,9 @@ impl IntoResponse for Error {
             }
             Error::Unavailable(cause) => {
                 tracing::warn!(error = %cause, "database unavailable");
+            }
+            Error::Provider(cause) => {
+                tracing::warn!(error = %cause, "identity provider failed");
             }
             _ => {}
         }

@@ -10,6 +10,7 @@ mod keys;
 mod pages;
 mod password;
 pub mod redirect;
+mod sso;
 mod users;
 
 use std::sync::Arc;
@@ -188,6 +189,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .nest("/api/password", password::router())
         .nest("/api/admin", admin::router())
         .merge(keys::router())
+        .merge(sso::router())
 }
 
 /// A client's `X-Request-Id` is kept only if it is 1–64 of `[A-Za-z0-9._-]`: it is written

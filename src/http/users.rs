@@ -40,6 +40,9 @@ pub struct LoginHistoryEntry {
     /// `success` or `failure`.
     pub status: String,
     pub created_at: String,
+    /// How: `password`, `github`, `google` or `oidc:<name>`; null on records made before
+    /// social sign-in existed.
+    pub method: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -73,6 +76,7 @@ async fn login_history(
                 user_agent: r.user_agent,
                 status: if r.success { "success" } else { "failure" }.to_owned(),
                 created_at: crate::time::rfc3339(r.created_at),
+                method: r.method,
             })
             .collect(),
     }))

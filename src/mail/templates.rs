@@ -9,6 +9,7 @@ pub enum EmailKind {
     PasswordReset,
     PasswordChanged,
     ApiKeyCreated,
+    NewSignInMethod,
 }
 
 impl EmailKind {
@@ -18,6 +19,7 @@ impl EmailKind {
             EmailKind::PasswordReset => "password_reset",
             EmailKind::PasswordChanged => "password_changed",
             EmailKind::ApiKeyCreated => "api_key_created",
+            EmailKind::NewSignInMethod => "new_sign_in_method",
         }
     }
 }
@@ -45,6 +47,14 @@ pub enum Email<'a> {
         key_id: &'a str,
         expires: Option<&'a str>,
     },
+    /// A social identity was linked to the account (SPEC §11): the owner is told.
+    NewSignInMethod {
+        name: &'a str,
+        /// As a person reads it: "GitHub", "Google", or the OIDC provider's name.
+        provider: &'a str,
+        /// The provider's account: its email, or its login.
+        account: &'a str,
+    },
 }
 
 impl Email<'_> {
@@ -54,6 +64,7 @@ impl Email<'_> {
             Email::PasswordReset { .. } => EmailKind::PasswordReset,
             Email::PasswordChanged { .. } => EmailKind::PasswordChanged,
             Email::ApiKeyCreated { .. } => EmailKind::ApiKeyCreated,
+            Email::NewSignInMethod { .. } => EmailKind::NewSignInMethod,
         }
     }
 }
@@ -125,6 +136,25 @@ pub fn render(email: &Email<'_>) -> Result<Rendered, askama::Error> {
             }
             .render()?,
         ),
+        Email::NewSignInMethod {
+            name,
+            provider,
+            account,
+        } => (
+            "A new sign-in method was added to your Auth Flow account",
+            NewSignInMethodText {
+                name,
+                provider,
+                account,
+            }
+            .render()?,
+            NewSignInMethodHtml {
+                name,
+                provider,
+                account,
+            }
+            .render()?,
+        ),
     };
     Ok(Rendered {
         kind: email.kind(),
@@ -192,6 +222,22 @@ struct ApiKeyCreatedHtml<'a> {
     key_name: &'a str,
     key_id: &'a str,
     expires: Option<&'a str>,
+}
+
+#[derive(Template)]
+#[template(path = "email/new_sign_in_method.txt")]
+struct NewSignInMethodText<'a> {
+    name: &'a str,
+    provider: &'a str,
+    account: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "email/new_sign_in_method.html")]
+struct NewSignInMethodHtml<'a> {
+    name: &'a str,
+    provider: &'a str,
+    account: &'a str,
 }
 
 #[cfg(test)]

@@ -33,6 +33,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
     Setup(String),
+    /// The identity is linked to an account already, or the account has one of this provider.
+    #[error("identity already linked")]
+    IdentityTaken,
 }
 
 pub use crate::domain::{Role, User};
@@ -277,6 +280,9 @@ pub struct AttemptOutcome {
     pub ip: String,
     pub now: Timestamp,
     pub account: Option<AccountAttempt>,
+    /// How the sign-in was made, for the history: `password`, `github`, `google`,
+    /// `oidc:<name>`.
+    pub method: String,
 }
 
 #[derive(Debug, Clone)]
@@ -295,6 +301,8 @@ pub struct LoginRecord {
     pub user_agent: Option<String>,
     pub success: bool,
     pub created_at: Timestamp,
+    /// `password`, `github`, `google`, `oidc:<name>`; `None` on rows older than social sign-in.
+    pub method: Option<String>,
 }
 
 /// An API key as its owner sees it (never its secret).
@@ -569,6 +577,124 @@ pub trait Store: Send + Sync + 'static {
         delivery: &Delivery,
         now: Timestamp,
     ) -> Result<(), StoreError>;
+
+    // Social sign-in (SPEC §11).
+
+    /// The account an identity is linked to (active or not).
+    async fn identity_user(
+        &self,
+        provider: &str,
+        subject: &str,
+    ) -> Result<Option<User>, StoreError>;
+    /// By email, case-insensitively; `email` is already lower-cased.
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError>;
+    /// Creates an account for a social identity, with the identity (and `users.github_id`
+    /// for GitHub), atomically. `user.password_hash` is an unusable one.
+    async fn create_social_user(
+        &self,
+        user: &NewUser,
+        email_verified: bool,
+        identity: &NewIdentity,
+    ) -> Result<User, StoreError>;
+    /// Links the identity to the account and queues the notice, atomically; `IdentityTaken`
+    /// when the identity is linked already or the account has one of this provider.
+    async fn link_identity(
+        &self,
+        user_db_id: UserId,
+        identity: &NewIdentity,
+        notice: &NewEmail,
+    ) -> Result<(), StoreError>;
+    /// Oldest first.
+    async fn list_identities(&self, user_db_id: UserId) -> Result<Vec<Identity>, StoreError>;
+    /// Removes the account's identity of `provider` unless that would leave the account no
+    /// way to sign in (no usable password and no other identity), judged in the same
+    /// transaction as the removal.
+    async fn unlink_identity(
+        &self,
+        user_db_id: UserId,
+        provider: &str,
+    ) -> Result<Unlink, StoreError>;
+    /// Stores a started flow and drops expired flows and codes.
+    async fn create_sso_flow(&self, flow: &NewSsoFlow) -> Result<(), StoreError>;
+    /// Removes and returns the flow of this state digest: single use under concurrency. The
+    /// caller checks its browser binding and expiry.
+    async fn take_sso_flow(&self, state_hash: &str) -> Result<Option<SsoFlow>, StoreError>;
+    async fn create_sso_code(&self, code: &NewSsoCode) -> Result<(), StoreError>;
+    /// Removes and returns the code of this digest (single use); the caller checks expiry.
+    async fn take_sso_code(&self, code_hash: &str) -> Result<Option<SsoCode>, StoreError>;
+}
+
+/// A social identity to store: `provider` is the sign-in method (`github`, `google`,
+/// `oidc:<name>`), `subject` the provider's stable id of the person.
+#[derive(Debug, Clone)]
+pub struct NewIdentity {
+    pub provider: String,
+    pub subject: String,
+    pub email: Option<String>,
+    pub now: Timestamp,
+}
+
+/// A linked identity as its owner sees it.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub provider: String,
+    pub email: Option<String>,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unlink {
+    Unlinked,
+    NotLinked,
+    /// Refused: it is the last way in.
+    LastWayIn,
+}
+
+/// The hash stored for an account that has no password (created by social sign-in). It is
+/// no PHC string, so nothing ever verifies against it; sign-in with a password then hashes
+/// against the dummy hash instead, at the same cost as a wrong password.
+pub const NO_PASSWORD_PREFIX: &str = "!no-password:";
+
+/// Whether a stored password hash can ever verify.
+pub fn password_is_usable(hash: &str) -> bool {
+    !hash.starts_with(NO_PASSWORD_PREFIX) && !hash.is_empty()
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSsoFlow {
+    pub state_hash: String,
+    pub browser_hash: String,
+    pub provider: String,
+    pub redirect_to: Option<String>,
+    pub link_user: Option<UserId>,
+    pub now: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct SsoFlow {
+    pub browser_hash: String,
+    pub provider: String,
+    pub redirect_to: Option<String>,
+    pub link_user: Option<UserId>,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSsoCode {
+    pub code_hash: String,
+    pub user_db_id: UserId,
+    pub method: String,
+    pub attempt: AttemptId,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct SsoCode {
+    pub user_db_id: UserId,
+    pub method: String,
+    pub attempt: AttemptId,
+    pub expires_at: Timestamp,
 }
 
 /// One kind of data that outlives its use, pruned in the background (SPEC §9).

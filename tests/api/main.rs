@@ -5,6 +5,7 @@
 // ipinfo, a TCP proxy) run their own tasks, and forged tokens read the real time.
 #![allow(clippy::disallowed_methods)]
 
+mod fake_provider;
 mod helpers;
 mod ipinfo_standin;
 mod responses;
@@ -26,3 +27,4 @@ mod service;
 mod sessions;
 mod signin;
 mod tls;
+mod sso;

@@ -133,6 +133,8 @@ pub struct LoginAttempt {
     /// `success` or `failure`.
     pub status: String,
     pub created_at: String,
+    /// `password`, `github`, `google`, `oidc:<name>`.
+    pub method: Option<String>,
 }
 
 impl LoginAttempt {
@@ -191,4 +193,26 @@ impl ApiError {
 pub struct FieldError {
     pub field: String,
     pub message: String,
+}
+
+/// `GET /api/users/me/identities`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identities {
+    pub identities: Vec<LinkedIdentity>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkedIdentity {
+    pub provider: String,
+    pub email: Option<String>,
+    pub created_at: String,
+}
+
+/// `POST /api/auth/sso/{provider}/link`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkUrl {
+    pub url: String,
 }

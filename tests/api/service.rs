@@ -211,6 +211,12 @@ async fn openapi_describes_every_route(backend: Backend) {
         ("delete", "/api/keys/{id}"),
         ("get", "/health"),
         ("get", "/ready"),
+        ("get", "/api/auth/sso/{provider}"),
+        ("get", "/api/auth/sso/{provider}/callback"),
+        ("post", "/api/auth/sso/exchange"),
+        ("post", "/api/auth/sso/{provider}/link"),
+        ("get", "/api/users/me/identities"),
+        ("delete", "/api/users/me/identities/{provider}"),
     ];
     let documented: usize = doc["paths"]
         .as_object()

@@ -57,6 +57,8 @@ struct AccountPage {
     notice: Option<&'static str>,
     error: Option<String>,
     new_key: Option<String>,
+    /// Linked social sign-in methods and those that can be linked (`_identities.html`).
+    sso: super::sso::SsoSection,
 }
 
 /// "2024-05-01 12:30 UTC": readable at a glance.
@@ -101,6 +103,7 @@ async fn account_page(
         .login_history(principal, HISTORY_SHOWN)
         .await?;
     let keys = state.auth.keys().list(principal).await?;
+    let sso = super::sso::section(state, principal).await?;
     let user = &principal.user;
     Ok(AccountPage {
         page: visit.ctx(),
@@ -150,6 +153,7 @@ async fn account_page(
         notice,
         error,
         new_key,
+        sso,
     })
 }
 

@@ -6,6 +6,7 @@ mod admin;
 pub mod csrf;
 mod mailbox;
 mod public;
+mod sso;
 
 use std::sync::LazyLock;
 
@@ -69,7 +70,9 @@ pub fn router(production: bool) -> Router<AppState> {
         .route("/account/keys/revoke", post(account::revoke_key))
         .route("/account/delete", post(account::delete))
         .route("/admin", get(admin::page))
-        .route("/admin/users/{id}/{action}", post(admin::act));
+        .route("/admin/users/{id}/{action}", post(admin::act))
+        .route("/account/identities/{provider}/link", get(sso::link))
+        .route("/account/identities/unlink", post(sso::unlink));
     // The development mailbox holds every reset link: never served in production.
     if production {
         pages
@@ -84,6 +87,12 @@ pub struct PageCtx {
     pub csrf: String,
     pub username: Option<String>,
     pub admin: bool,
+    /// Social sign-in buttons (`_sso_buttons.html`), one per configured provider.
+    pub sso_providers: Vec<sso::SsoButton>,
+    /// A failed social sign-in or link, from the `?error=` (or `?sso_error=`) code.
+    pub sso_error: Option<String>,
+    /// A link or unlink that just succeeded (`?linked=` / `?unlinked=`).
+    pub sso_notice: Option<&'static str>,
 }
 
 /// One visit to a page: the signed-in person (by the `auth.sid` cookie), if any, and the
@@ -93,6 +102,8 @@ pub struct Visit {
     pub csrf: String,
     new_csrf_cookie: bool,
     production: bool,
+    /// What the pages show of social sign-in.
+    sso: (Vec<sso::SsoButton>, Option<String>, Option<&'static str>),
 }
 
 impl FromRequestParts<AppState> for Visit {
@@ -117,6 +128,7 @@ impl FromRequestParts<AppState> for Visit {
                         csrf: String::new(),
                         new_csrf_cookie: false,
                         production,
+                        sso: Default::default(),
                     };
                     return Err(visit.error(e));
                 }
@@ -130,11 +142,35 @@ impl FromRequestParts<AppState> for Visit {
             Some(token) => (token, false),
             None => (state.csrf.issue(), true),
         };
+        let query = parts.uri.query().unwrap_or("");
+        let param = |name: &str| {
+            form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+        };
+        let sso_error = param("sso_error")
+            .or_else(|| param("error"))
+            .map(|code| sso::error_message(&code));
+        let sso_notice = if param("linked").is_some() {
+            Some("The sign-in method is linked.")
+        } else if param("unlinked").is_some() {
+            Some("The sign-in method is unlinked.")
+        } else {
+            None
+        };
+        let buttons = state
+            .auth
+            .sso()
+            .providers()
+            .into_iter()
+            .map(sso::SsoButton::from)
+            .collect();
         Ok(Self {
             principal,
             csrf,
             new_csrf_cookie,
             production,
+            sso: (buttons, sso_error, sso_notice),
         })
     }
 }
@@ -148,6 +184,9 @@ impl Visit {
                 .principal
                 .as_ref()
                 .is_some_and(|p| p.user.role == Role::Admin),
+            sso_providers: self.sso.0.clone(),
+            sso_error: self.sso.1.clone(),
+            sso_notice: self.sso.2,
         }
     }
 

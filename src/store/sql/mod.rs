@@ -7,6 +7,7 @@
 //! such as `String: Encode<DB>` cannot live on `Dialect` itself. Each one is what sqlx needs
 //! to run a statement, bind a type or read a column.
 
+mod identities;
 mod keys;
 mod limits;
 mod outbox;
@@ -26,6 +27,7 @@ use super::{
     ProfileChange, Prune, RateKey, RefreshOutcome, Reservation, Rotation, Session, SessionUser,
     Store, StoreError, TokenKind, User, UserPage,
 };
+use super::{Identity, NewIdentity, NewSsoCode, NewSsoFlow, SsoCode, SsoFlow, Unlink};
 use crate::domain::{ApiKeyId, SessionId, UserId, UserUid};
 use crate::time::Timestamp;
 
@@ -298,5 +300,50 @@ where
         now: Timestamp,
     ) -> Result<(), StoreError> {
         SqlStore::finish_email(self, id, delivery, now).await
+    }
+
+    async fn identity_user(
+        &self,
+        provider: &str,
+        subject: &str,
+    ) -> Result<Option<User>, StoreError> {
+        SqlStore::identity_user(self, provider, subject).await
+    }
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        SqlStore::user_by_email(self, email).await
+    }
+    async fn create_social_user(
+        &self,
+        user: &NewUser,
+        email_verified: bool,
+        identity: &NewIdentity,
+    ) -> Result<User, StoreError> {
+        SqlStore::create_social_user(self, user, email_verified, identity).await
+    }
+    async fn link_identity(
+        &self,
+        user: UserId,
+        identity: &NewIdentity,
+        notice: &NewEmail,
+    ) -> Result<(), StoreError> {
+        SqlStore::link_identity(self, user, identity, notice).await
+    }
+    async fn list_identities(&self, user: UserId) -> Result<Vec<Identity>, StoreError> {
+        SqlStore::list_identities(self, user).await
+    }
+    async fn unlink_identity(&self, user: UserId, provider: &str) -> Result<Unlink, StoreError> {
+        SqlStore::unlink_identity(self, user, provider).await
+    }
+    async fn create_sso_flow(&self, flow: &NewSsoFlow) -> Result<(), StoreError> {
+        SqlStore::create_sso_flow(self, flow).await
+    }
+    async fn take_sso_flow(&self, state_hash: &str) -> Result<Option<SsoFlow>, StoreError> {
+        SqlStore::take_sso_flow(self, state_hash).await
+    }
+    async fn create_sso_code(&self, code: &NewSsoCode) -> Result<(), StoreError> {
+        SqlStore::create_sso_code(self, code).await
+    }
+    async fn take_sso_code(&self, code_hash: &str) -> Result<Option<SsoCode>, StoreError> {
+        SqlStore::take_sso_code(self, code_hash).await
     }
 }

@@ -158,6 +158,7 @@ pub(super) struct LoginRecordRow {
     user_agent: Option<String>,
     access_status: String,
     created_at: LegacyTime,
+    method: Option<String>,
 }
 
 impl<'r, R> sqlx::FromRow<'r, R> for LoginRecordRow
@@ -174,6 +175,7 @@ where
             user_agent: row.try_get(2)?,
             access_status: row.try_get(3)?,
             created_at: row.try_get(4)?,
+            method: row.try_get(5)?,
         })
     }
 }
@@ -186,6 +188,7 @@ impl From<LoginRecordRow> for LoginRecord {
             user_agent: r.user_agent,
             success: r.access_status == "success",
             created_at: r.created_at.0,
+            method: r.method,
         }
     }
 }

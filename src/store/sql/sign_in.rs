@@ -186,7 +186,8 @@ where
         let (jsonb, access_status) = (DB::JSONB, DB::ACCESS_STATUS);
         let (id,): (i64,) = sqlx::query_as(&format!(
             "INSERT INTO user_location_logs (user_id, ip_address, location, created_at, \
-             user_agent, access_status) VALUES ($1, $2, $3{jsonb}, $4, $5, $6{access_status}) \
+             user_agent, access_status, method) \
+             VALUES ($1, $2, $3{jsonb}, $4, $5, $6{access_status}, $7) \
              RETURNING CAST(log_id AS BIGINT)"
         ))
         .bind(account.user_db_id)
@@ -199,6 +200,7 @@ where
         } else {
             "failure"
         })
+        .bind(&o.method)
         .fetch_one(&mut **tx)
         .await?;
         Ok(Some(LocationLogId(id)))
@@ -226,8 +228,8 @@ where
         limit: i64,
     ) -> Result<Vec<LoginRecord>, StoreError> {
         let rows: Vec<LoginRecordRow> = sqlx::query_as(
-            "SELECT ip_address, CAST(location AS TEXT), user_agent, CAST(access_status AS TEXT), created_at \
-                 FROM user_location_logs WHERE user_id = $1 ORDER BY created_at DESC, log_id DESC \
+            "SELECT ip_address, CAST(location AS TEXT), user_agent, CAST(access_status AS TEXT), created_at, \
+                 method FROM user_location_logs WHERE user_id = $1 ORDER BY created_at DESC, log_id DESC \
                  LIMIT $2",
         )
         .bind(user_db_id)
