@@ -169,14 +169,15 @@ fn is_combining_mark(c: char) -> bool {
 pub struct Phone(String);
 
 impl Phone {
-    /// An empty string means "no phone".
+    /// An empty (or all-space) string means "no phone". Spaces around the number are
+    /// dropped; the length counts them, as the OpenAPI schema's `maxLength` does.
     pub fn parse(raw: &str) -> Result<Option<Self>, String> {
-        let s = raw.trim();
+        if raw.chars().count() > 15 {
+            return Err("Phone must be at most 15 characters long.".into());
+        }
+        let s = raw.trim_matches(' ');
         if s.is_empty() {
             return Ok(None);
-        }
-        if s.chars().count() > 15 {
-            return Err("Phone must be at most 15 characters long.".into());
         }
         let digits = s.chars().filter(char::is_ascii_digit).count();
         if digits < 4 || !s.chars().all(|c| c.is_ascii_digit() || " +-()".contains(c)) {
@@ -387,6 +388,10 @@ mod tests {
     #[test]
     fn phones() {
         assert!(Phone::parse("").unwrap().is_none());
+        assert!(Phone::parse("   ").unwrap().is_none());
+        assert_eq!(Phone::parse(" 5551234 ").unwrap().unwrap().as_str(), "5551234");
+        assert!(Phone::parse("\t").is_err(), "only spaces are trimmed, as the schema allows");
+        assert!(Phone::parse("  555-123-456789  ").is_err(), "the length counts the spaces");
         assert!(Phone::parse("+1 (555) 123-45").unwrap().is_some());
         assert!(Phone::parse("+1 555 123 45678").is_err());
         assert!(Phone::parse("call me").is_err());

@@ -135,7 +135,7 @@ pub struct CreateAccountRequest {
     #[schema(
         example = "+1 555 0100",
         max_length = 15,
-        pattern = r"^$|^([+()-][0-9 +()-]*)?[0-9]([0-9 +()-]*[0-9]){3}([0-9 +()-]*[+()-])?$"
+        pattern = r"^ *$|^ *([+()-][0-9 +()-]*)?[0-9]([0-9 +()-]*[0-9]){3}([0-9 +()-]*[+()-])? *$"
     )]
     pub phone: Option<String>,
 }
@@ -159,7 +159,7 @@ pub struct UpdateProfileRequest {
     /// string removes the phone number.
     #[schema(
         max_length = 15,
-        pattern = r"^$|^([+()-][0-9 +()-]*)?[0-9]([0-9 +()-]*[0-9]){3}([0-9 +()-]*[+()-])?$"
+        pattern = r"^ *$|^ *([+()-][0-9 +()-]*)?[0-9]([0-9 +()-]*[0-9]){3}([0-9 +()-]*[+()-])? *$"
     )]
     pub phone: Option<String>,
 }
