@@ -86,6 +86,13 @@ impl Services {
             geo,
             clock: clock.clone(),
             background: background.clone(),
+            sealing: crate::auth::mfa::SealingKey::derive(
+                config
+                    .mfa_encryption_key
+                    .as_ref()
+                    .unwrap_or(&secret)
+                    .expose(),
+            ),
         });
         Ok(Self {
             config,

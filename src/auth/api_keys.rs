@@ -135,6 +135,15 @@ impl ApiKeys<'_> {
         )?;
         self.store.create_api_key(&key, &notice).await?;
         self.mail_wake.notify_one();
+        let user = &principal.user;
+        let event = self.audit_event(
+            "api_key_created",
+            Some(user),
+            Some(user),
+            client,
+            serde_json::json!({"key_id": id, "scopes": Scope::join(&key.scopes)}),
+        );
+        self.record(&event, None).await;
         tracing::info!(user = %principal.user.uid, key = %id, "API key created");
         Ok(CreatedKey {
             value: format!("{PREFIX}{id}_{secret}"),
@@ -154,7 +163,12 @@ impl ApiKeys<'_> {
         Ok(self.store.list_api_keys(principal.user.db_id).await?)
     }
 
-    pub async fn delete(&self, principal: &Principal, id: &str) -> Result<(), Error> {
+    pub async fn delete(
+        &self,
+        principal: &Principal,
+        id: &str,
+        client: &ClientInfo,
+    ) -> Result<(), Error> {
         principal.session_id()?;
         let well_formed = id.len() == ID_LEN && id.chars().all(|c| c.is_ascii_hexdigit());
         if well_formed
@@ -164,6 +178,15 @@ impl ApiKeys<'_> {
                 .await?
         {
             tracing::info!(user = %principal.user.uid, key = %id, "API key deleted");
+            let user = &principal.user;
+            let event = self.audit_event(
+                "api_key_revoked",
+                Some(user),
+                Some(user),
+                client,
+                serde_json::json!({"key_id": id}),
+            );
+            self.record(&event, None).await;
             Ok(())
         } else {
             Err(Error::NotFound("API key"))

@@ -8,6 +8,9 @@ mod protection;
 mod recovery;
 mod sessions;
 pub(crate) mod tokens;
+pub mod mfa;
+pub mod audit;
+mod notices;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -110,6 +113,8 @@ pub struct Auth {
     pub(crate) geo: Arc<GeoLocator>,
     pub(crate) clock: Clock,
     pub(crate) background: Background,
+    /// Seals TOTP secrets at rest.
+    pub(crate) sealing: mfa::SealingKey,
 }
 
 impl Auth {
@@ -164,6 +169,16 @@ concern!(
     /// What administrators do to other accounts.
     Administration,
     admin
+);
+concern!(
+    /// Two-factor authentication: setting it up, turning it off, and sign-in's second step.
+    Mfa,
+    mfa
+);
+concern!(
+    /// Reading the audit log.
+    Audit,
+    audit
 );
 
 /// Identifiers are compared lower-cased, trimmed, without NUL characters, at most 200 characters.

@@ -118,7 +118,7 @@ impl Auth {
         });
     }
 
-    async fn send_reset(&self, address: &str) -> Result<(), Error> {
+    pub(super) async fn send_reset(&self, address: &str) -> Result<(), Error> {
         let Some(user) = self.account_for_address(address).await? else {
             return Ok(());
         };
@@ -198,7 +198,12 @@ impl Recovery<'_> {
         Ok(user.is_some())
     }
 
-    pub async fn reset_password(&self, token: &str, password: &str) -> Result<(), Error> {
+    pub async fn reset_password(
+        &self,
+        token: &str,
+        password: &str,
+        client: &ClientInfo,
+    ) -> Result<(), Error> {
         required("token", token)?;
         let hash = digest(token.trim());
         let user = self
@@ -222,6 +227,14 @@ impl Recovery<'_> {
             .await?
             .ok_or(Error::InvalidToken)?;
         self.mail_wake.notify_one();
+        let event = self.audit_event(
+            "password_reset",
+            Some(&user),
+            Some(&user),
+            client,
+            serde_json::json!({"sessions_revoked": true, "api_keys_revoked": true}),
+        );
+        self.record(&event, None).await;
         tracing::info!(user = %user.uid, "password reset; all sessions revoked");
         Ok(())
     }
@@ -285,6 +298,8 @@ impl Recovery<'_> {
             )
             .await?;
         self.mail_wake.notify_one();
+        let event = self.audit_event("password_changed", Some(user), Some(user), client, serde_json::json!({}));
+        self.record(&event, None).await;
         tracing::info!(user = %user.uid, "password changed; other sessions revoked");
         Ok(())
     }

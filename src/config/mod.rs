@@ -81,6 +81,10 @@ pub struct Config {
     /// `PAGES`: the server-rendered pages (sign-in, account, admin…); off for an API-only
     /// deployment.
     pub pages: bool,
+    /// `MFA_ENCRYPTION_KEY`: seals TOTP secrets at rest; unset: derived from the signing key.
+    pub mfa_encryption_key: Option<Secret>,
+    /// `NEW_SIGNIN_ALERTS`: email a notice of a sign-in from a new device or location.
+    pub new_signin_alerts: bool,
 }
 
 /// Far beyond what one process can hold open; a larger value is a typo.
@@ -231,6 +235,8 @@ impl Config {
             ipinfo_url: vars
                 .url("IPINFO_URL")?
                 .unwrap_or_else(|| "https://ipinfo.io".to_owned()),
+            mfa_encryption_key: vars.key("MFA_ENCRYPTION_KEY")?,
+            new_signin_alerts: vars.boolean("NEW_SIGNIN_ALERTS", true)?,
         })
     }
 

@@ -10,6 +10,7 @@ mod keys;
 mod pages;
 mod password;
 mod users;
+mod mfa;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -187,6 +188,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .nest("/api/password", password::router())
         .nest("/api/admin", admin::router())
         .merge(keys::router())
+        .merge(mfa::router())
 }
 
 /// A client's `X-Request-Id` is kept only if it is 1–64 of `[A-Za-z0-9._-]`: it is written

@@ -5,6 +5,7 @@ mod account;
 mod admin;
 pub mod csrf;
 mod mailbox;
+mod mfa;
 mod public;
 
 use std::sync::LazyLock;
@@ -69,7 +70,12 @@ pub fn router(production: bool) -> Router<AppState> {
         .route("/account/keys/revoke", post(account::revoke_key))
         .route("/account/delete", post(account::delete))
         .route("/admin", get(admin::page))
-        .route("/admin/users/{id}/{action}", post(admin::act));
+        .route("/admin/users/{id}/{action}", post(admin::act))
+        .route("/signin/mfa", post(mfa::verify))
+        .route("/account/mfa/setup", post(mfa::setup))
+        .route("/account/mfa/confirm", post(mfa::confirm))
+        .route("/account/mfa/disable", post(mfa::disable))
+        .route("/not-me", get(mfa::not_me_form).post(mfa::not_me));
     // The development mailbox holds every reset link: never served in production.
     if production {
         pages

@@ -15,6 +15,8 @@ mod sessions;
 mod sign_in;
 mod tokens;
 mod users;
+mod mfa;
+mod audit;
 
 use async_trait::async_trait;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Type};
@@ -27,6 +29,9 @@ use super::{
     Store, StoreError, TokenKind, User, UserPage,
 };
 use crate::domain::{ApiKeyId, SessionId, UserId, UserUid};
+use crate::store::{
+    AuditEvent, AuditFilter, MfaChallenge, NewAuditEvent, NewSignInNotice, TotpRecord,
+};
 use crate::time::Timestamp;
 
 /// A store over one SQL backend.
@@ -298,5 +303,116 @@ where
         now: Timestamp,
     ) -> Result<(), StoreError> {
         SqlStore::finish_email(self, id, delivery, now).await
+    }
+
+    async fn totp(&self, user: UserId) -> Result<Option<TotpRecord>, StoreError> {
+        SqlStore::totp(self, user).await
+    }
+    async fn begin_totp(&self, user: UserId, sealed: &str, now: Timestamp) -> Result<bool, StoreError> {
+        SqlStore::begin_totp(self, user, sealed, now).await
+    }
+    async fn confirm_totp(
+        &self,
+        user: UserId,
+        step: i64,
+        recovery_hashes: &[String],
+        audit: &NewAuditEvent,
+        notice: &NewEmail,
+    ) -> Result<bool, StoreError> {
+        SqlStore::confirm_totp(self, user, step, recovery_hashes, audit, notice).await
+    }
+    async fn accept_totp_step(&self, user: UserId, step: i64) -> Result<bool, StoreError> {
+        SqlStore::accept_totp_step(self, user, step).await
+    }
+    async fn use_recovery_code(&self, user: UserId, hash: &str, now: Timestamp) -> Result<bool, StoreError> {
+        SqlStore::use_recovery_code(self, user, hash, now).await
+    }
+    async fn recovery_codes_left(&self, user: UserId) -> Result<i64, StoreError> {
+        SqlStore::recovery_codes_left(self, user).await
+    }
+    async fn remove_totp(
+        &self,
+        user: UserId,
+        audit: &NewAuditEvent,
+        notice: &NewEmail,
+    ) -> Result<bool, StoreError> {
+        SqlStore::remove_totp(self, user, audit, notice).await
+    }
+    async fn create_mfa_challenge(
+        &self,
+        hash: &str,
+        challenge: &MfaChallenge,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        SqlStore::create_mfa_challenge(self, hash, challenge, now, expires_at).await
+    }
+    async fn mfa_challenge(
+        &self,
+        hash: &str,
+        now: Timestamp,
+        max_failures: i32,
+    ) -> Result<Option<MfaChallenge>, StoreError> {
+        SqlStore::mfa_challenge(self, hash, now, max_failures).await
+    }
+    async fn fail_mfa_challenge(&self, hash: &str) -> Result<(), StoreError> {
+        SqlStore::fail_mfa_challenge(self, hash).await
+    }
+    async fn use_mfa_challenge(&self, hash: &str, now: Timestamp) -> Result<bool, StoreError> {
+        SqlStore::use_mfa_challenge(self, hash, now).await
+    }
+
+    async fn record_audit(
+        &self,
+        event: &NewAuditEvent,
+        notice: Option<&NewEmail>,
+    ) -> Result<(), StoreError> {
+        SqlStore::record_audit(self, event, notice).await
+    }
+    async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<AuditEvent>, i64), StoreError> {
+        SqlStore::list_audit(self, filter, offset, limit).await
+    }
+    async fn audit_exists_since(
+        &self,
+        kind: &str,
+        target: &UserUid,
+        ip: &str,
+        since: Timestamp,
+    ) -> Result<bool, StoreError> {
+        SqlStore::audit_exists_since(self, kind, target, ip, since).await
+    }
+    async fn earlier_sign_ins(
+        &self,
+        user: UserId,
+        except: LocationLogId,
+        limit: i64,
+    ) -> Result<Vec<LoginRecord>, StoreError> {
+        SqlStore::earlier_sign_ins(self, user, except, limit).await
+    }
+    async fn sign_in_location(&self, log: LocationLogId) -> Result<Option<LoginRecord>, StoreError> {
+        SqlStore::sign_in_location(self, log).await
+    }
+    async fn create_sign_in_notice(
+        &self,
+        notice: &NewSignInNotice,
+        email: &NewEmail,
+    ) -> Result<(), StoreError> {
+        SqlStore::create_sign_in_notice(self, notice, email).await
+    }
+    async fn use_sign_in_notice(
+        &self,
+        hash: &str,
+        now: Timestamp,
+        audit: &NewAuditEvent,
+    ) -> Result<Option<User>, StoreError> {
+        SqlStore::use_sign_in_notice(self, hash, now, audit).await
+    }
+    async fn refresh_token_owner(&self, hash: &str) -> Result<Option<UserUid>, StoreError> {
+        SqlStore::refresh_token_owner(self, hash).await
     }
 }
