@@ -185,6 +185,7 @@ mod tests {
             ip: "127.0.0.1".into(),
             now: session.now,
             account: None,
+            audit: None,
         };
         s.start_session(session, &outcome).await.unwrap();
     }

@@ -25,3 +25,6 @@ mod protection;
 mod service;
 mod sessions;
 mod signin;
+mod mfa;
+mod audit;
+mod notices;
