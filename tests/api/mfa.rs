@@ -365,3 +365,58 @@ crate::both_backends!(
     an_administrator_removes_two_factor,
     secrets_and_recovery_codes_are_not_stored_in_the_clear,
 );
+
+async fn sign_in_on_page(browser: &crate::browser::Browser, app: &TestApp, user: &TestUser) {
+    browser.goto(&app.url("/signin")).await;
+    browser.fill("form#signin input[name=username]", &user.username).await;
+    browser.fill("form#signin input[name=password]", &user.password).await;
+    browser.submit("form#signin").await;
+}
+
+/// SPEC §13 in a real browser: two-factor set up on `/account` from the secret the page shows,
+/// then a sign-in through the second step of `/signin`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn person_sets_up_two_factor_on_the_account_page_and_signs_in_with_it_in_a_browser() {
+    use crate::browser::Browser;
+    let Some(mut browser) = Browser::start().await else {
+        return;
+    };
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let user = TestUser::new();
+    app.sign_up(&user).await;
+
+    sign_in_on_page(&browser, &app, &user).await;
+    assert!(browser.cookie("auth.sid").await.is_some());
+
+    browser.goto(&app.url("/account")).await;
+    browser.fill("form#mfa-setup input[name=password]", &user.password).await;
+    browser.submit("form#mfa-setup").await;
+    let secret = browser.text("code#mfa-secret").await.trim().to_owned();
+    assert_eq!(browser.all("#mfa-qr svg").await.len(), 1, "the QR code is inline SVG");
+    browser.screenshots("account-mfa-setup").await;
+    let secret = base32_decode(&secret);
+    browser.fill("form#mfa-confirm input[name=code]", &app.code_now(&secret)).await;
+    browser.submit("form#mfa-confirm").await;
+    browser.wait_for_count("#recovery-codes li", 10).await;
+    browser.screenshots("account-mfa-on").await;
+    let recovery = browser.text("#recovery-codes li").await;
+    assert_eq!(recovery.trim().len(), 9, "{recovery}");
+    // Shown once: the page opened again has none.
+    browser.goto(&app.url("/account")).await;
+    browser.wait_for("form#mfa-disable").await;
+    assert!(browser.all("#recovery-codes li").await.is_empty());
+
+    // A new sign-in asks for the code; no session before it.
+    browser.forget_cookies().await;
+    sign_in_on_page(&browser, &app, &user).await;
+    browser.wait_for("form#signin-mfa").await;
+    assert!(browser.cookie("auth.sid").await.is_none());
+    browser.screenshots("signin-mfa").await;
+    app.advance(Duration::from_secs(30));
+    browser.fill("form#signin-mfa input[name=code]", &app.code_now(&secret)).await;
+    browser.submit("form#signin-mfa").await;
+    browser.wait_for("form#mfa-disable").await;
+    assert!(browser.cookie("auth.sid").await.is_some());
+    assert_eq!(browser.url().await.path(), "/account");
+    browser.close().await;
+}
