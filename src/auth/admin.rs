@@ -3,9 +3,9 @@
 use super::{
     normalize_identifier, Administration, Auth, ClientInfo, Principal, Registration, Scope,
 };
-use crate::mail::templates::{Email, EmailKind};
 use crate::domain::UserUid;
 use crate::error::Error;
+use crate::mail::templates::{Email, EmailKind};
 use crate::store::{AdminChange, Role, User};
 
 impl Auth {
@@ -148,7 +148,11 @@ impl Administration<'_> {
         }
         if before.active != after.active {
             let event = self.audit_event(
-                if after.active { "account_activated" } else { "account_deactivated" },
+                if after.active {
+                    "account_activated"
+                } else {
+                    "account_deactivated"
+                },
                 Some(&caller.user),
                 Some(after),
                 client,

@@ -21,7 +21,9 @@ impl Auth {
                     self.mail_wake.notify_one();
                 }
             }
-            Err(e) => tracing::error!(error = %e, kind = event.kind, "could not write an audit entry"),
+            Err(e) => {
+                tracing::error!(error = %e, kind = event.kind, "could not write an audit entry")
+            }
         }
     }
 
@@ -32,7 +34,10 @@ impl Auth {
             facts.push(format!("IP address: {ip}"));
         }
         if let Some(ua) = &client.user_agent {
-            facts.push(format!("Device: {}", ua.chars().take(160).collect::<String>()));
+            facts.push(format!(
+                "Device: {}",
+                ua.chars().take(160).collect::<String>()
+            ));
         }
         facts
     }

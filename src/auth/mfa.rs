@@ -95,7 +95,13 @@ impl SealingKey {
         let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
         let aad = user.get().to_be_bytes();
         let sealed = cipher
-            .encrypt(&nonce, Payload { msg: secret, aad: &aad })
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: secret,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| anyhow::anyhow!("sealing a TOTP secret failed"))?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
@@ -226,7 +232,12 @@ impl Auth {
 
     /// Whether `code` is a current TOTP code (never one of a step already used) or an unused
     /// recovery code of the account; either is used up by this check.
-    async fn second_factor_ok(&self, user: &User, record: &TotpRecord, code: &str) -> Result<Option<&'static str>, Error> {
+    async fn second_factor_ok(
+        &self,
+        user: &User,
+        record: &TotpRecord,
+        code: &str,
+    ) -> Result<Option<&'static str>, Error> {
         let secret = self.sealing.open(user.db_id, &record.secret_sealed)?;
         if let Some(step) = self.matching_step(&secret, code) {
             if self.store.accept_totp_step(user.db_id, step).await? {
@@ -402,7 +413,13 @@ impl Mfa<'_> {
         if self.second_factor_ok(user, &record, code).await?.is_none() {
             return Err(wrong_code());
         }
-        let audit = self.audit_event("mfa_disabled", Some(user), Some(user), client, serde_json::json!({}));
+        let audit = self.audit_event(
+            "mfa_disabled",
+            Some(user),
+            Some(user),
+            client,
+            serde_json::json!({}),
+        );
         let notice = self.render(
             &user.email,
             &Email::Notice {
@@ -450,20 +467,39 @@ impl Mfa<'_> {
             .map(|c| c.user)
             .filter(|u| u.active)
             .ok_or(Error::InvalidToken)?;
-        let record = self.confirmed_totp(&user).await?.ok_or(Error::InvalidToken)?;
+        let record = self
+            .confirmed_totp(&user)
+            .await?
+            .ok_or(Error::InvalidToken)?;
         // Each code is judged as a sign-in attempt: under the same limits, in the same records.
         let attempt = self
             .reserve_attempt(&user.username.to_lowercase(), Some(&user), &client)
             .await?;
         let Some(method) = self.second_factor_ok(&user, &record, code).await? else {
             self.store.fail_mfa_challenge(&hash).await?;
-            self.finish_attempt_as(attempt, &client, Some(&user), AttemptResult::Failed, "mfa_failed")
-                .await?;
+            self.finish_attempt_as(
+                attempt,
+                &client,
+                Some(&user),
+                AttemptResult::Failed,
+                "mfa_failed",
+            )
+            .await?;
             return Err(Error::InvalidCredentials);
         };
-        if !self.store.use_mfa_challenge(&hash, self.clock.now()).await? {
-            self.finish_attempt_as(attempt, &client, Some(&user), AttemptResult::Failed, "mfa_failed")
-                .await?;
+        if !self
+            .store
+            .use_mfa_challenge(&hash, self.clock.now())
+            .await?
+        {
+            self.finish_attempt_as(
+                attempt,
+                &client,
+                Some(&user),
+                AttemptResult::Failed,
+                "mfa_failed",
+            )
+            .await?;
             return Err(Error::InvalidToken);
         }
         // The password step's attempt ends as a success that opens nothing by itself.
@@ -478,7 +514,13 @@ impl Mfa<'_> {
             })
             .await?;
         if method == "recovery_code" {
-            let event = self.audit_event("recovery_code_used", Some(&user), Some(&user), &client, serde_json::json!({}));
+            let event = self.audit_event(
+                "recovery_code_used",
+                Some(&user),
+                Some(&user),
+                &client,
+                serde_json::json!({}),
+            );
             self.record(&event, None).await;
         }
         let tokens = self.sessions().start_session(user, client, attempt).await?;
@@ -526,7 +568,11 @@ impl Mfa<'_> {
                 action: None,
             },
         )?;
-        if !self.store.remove_totp(target.db_id, &audit, &notice).await? {
+        if !self
+            .store
+            .remove_totp(target.db_id, &audit, &notice)
+            .await?
+        {
             return Err(Error::NotFound("two-factor authentication"));
         }
         self.mail_wake.notify_one();
@@ -578,6 +624,9 @@ mod tests {
     fn recovery_codes_are_typed_loosely() {
         let code = recovery_code();
         assert_eq!(code.len(), 9);
-        assert_eq!(normalize_recovery_code(&code.to_uppercase().replace('-', " ")), code);
+        assert_eq!(
+            normalize_recovery_code(&code.to_uppercase().replace('-', " ")),
+            code
+        );
     }
 }

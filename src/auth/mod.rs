@@ -3,14 +3,14 @@
 mod accounts;
 mod admin;
 mod api_keys;
+pub mod audit;
+pub mod mfa;
+mod notices;
 pub mod password;
 mod protection;
 mod recovery;
 mod sessions;
 pub(crate) mod tokens;
-pub mod mfa;
-pub mod audit;
-mod notices;
 
 use std::net::IpAddr;
 use std::sync::Arc;

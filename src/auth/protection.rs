@@ -103,8 +103,13 @@ impl Auth {
         {
             Ok(true) => {}
             Ok(false) => {
-                let mut event =
-                    self.audit_event("sign_in_locked", None, Some(user), client, serde_json::json!({}));
+                let mut event = self.audit_event(
+                    "sign_in_locked",
+                    None,
+                    Some(user),
+                    client,
+                    serde_json::json!({}),
+                );
                 event.ip = Some(ip);
                 self.record(&event, None).await;
             }

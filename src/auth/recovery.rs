@@ -298,7 +298,13 @@ impl Recovery<'_> {
             )
             .await?;
         self.mail_wake.notify_one();
-        let event = self.audit_event("password_changed", Some(user), Some(user), client, serde_json::json!({}));
+        let event = self.audit_event(
+            "password_changed",
+            Some(user),
+            Some(user),
+            client,
+            serde_json::json!({}),
+        );
         self.record(&event, None).await;
         tracing::info!(user = %user.uid, "password changed; other sessions revoked");
         Ok(())

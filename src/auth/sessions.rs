@@ -178,7 +178,10 @@ impl Sessions<'_> {
             }
             RefreshOutcome::Reused => {
                 tracing::warn!("a rotated refresh token was presented again; session revoked");
-                let owner = self.store.refresh_token_owner(&digest(refresh_token)).await?;
+                let owner = self
+                    .store
+                    .refresh_token_owner(&digest(refresh_token))
+                    .await?;
                 let mut event = self.audit_event(
                     "refresh_token_reused",
                     None,

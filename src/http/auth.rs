@@ -118,7 +118,7 @@ pub struct MfaRequiredResponse {
 
 /// The answer of a sign-in: the session, or the second step. Only the OpenAPI document uses
 /// it (`oneOf`); the handler answers each shape by itself.
-#[allow(dead_code)]
+#[allow(dead_code, clippy::large_enum_variant)]
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum SignInAnswer {

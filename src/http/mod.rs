@@ -7,10 +7,10 @@ mod docs;
 pub mod error;
 pub mod extract;
 mod keys;
+mod mfa;
 mod pages;
 mod password;
 mod users;
-mod mfa;
 
 use std::sync::Arc;
 use std::time::Duration;

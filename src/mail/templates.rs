@@ -249,9 +249,7 @@ fn notice_subject(kind: EmailKind) -> &'static str {
         EmailKind::TwoFactorRemovedByAdmin => {
             "An administrator removed two-factor authentication from your Auth Flow account"
         }
-        EmailKind::AccountChangedByAdmin => {
-            "An administrator changed your Auth Flow account"
-        }
+        EmailKind::AccountChangedByAdmin => "An administrator changed your Auth Flow account",
         _ => "A security notice about your Auth Flow account",
     }
 }

@@ -115,7 +115,10 @@ impl TestApp {
     /// Sign-in of a two-factor user: the first step's answer.
     pub async fn first_step(&self, user: &TestUser) -> MfaRequired {
         let r = self.try_sign_in(&user.username, &user.password).await;
-        assert!(r.headers().get("set-cookie").is_none(), "no cookie before the second step");
+        assert!(
+            r.headers().get("set-cookie").is_none(),
+            "no cookie before the second step"
+        );
         let answer: MfaRequired = parse(r, 200).await;
         assert!(answer.mfa_required);
         assert_eq!(answer.methods, ["totp", "recovery_code"]);
@@ -128,8 +131,11 @@ impl TestApp {
         let (user, tokens) = self.signed_in_user().await;
         let setup: TotpSetup = parse(self.mfa_setup(&tokens, &user.password).await, 200).await;
         let secret = base32_decode(&setup.secret);
-        let codes: RecoveryCodes =
-            parse(self.mfa_confirm(&tokens, &self.code_now(&secret)).await, 200).await;
+        let codes: RecoveryCodes = parse(
+            self.mfa_confirm(&tokens, &self.code_now(&secret)).await,
+            200,
+        )
+        .await;
         self.advance(Duration::from_secs(30));
         TwoFactorUser {
             user,
@@ -141,7 +147,8 @@ impl TestApp {
 
     pub async fn audit_of(&self, token: &str, query: &str) -> AuditList {
         parse(
-            self.get_with(&format!("/api/admin/audit?{query}"), token).await,
+            self.get_with(&format!("/api/admin/audit?{query}"), token)
+                .await,
             200,
         )
         .await
@@ -165,46 +172,99 @@ async fn setup_confirm_and_sign_in_with_the_second_step(backend: Backend) {
         .await;
     let (user, tokens) = app.signed_in_user().await;
 
-    assert_error(app.mfa_setup(&tokens, "not-the-password").await, 401, "invalid_credentials").await;
+    assert_error(
+        app.mfa_setup(&tokens, "not-the-password").await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
     let setup: TotpSetup = parse(app.mfa_setup(&tokens, &user.password).await, 200).await;
     assert!(setup.otpauth_url.starts_with("otpauth://totp/Auth%20Flow:"));
-    assert!(setup.otpauth_url.contains(&format!("secret={}", setup.secret)));
+    assert!(setup
+        .otpauth_url
+        .contains(&format!("secret={}", setup.secret)));
     let secret = base32_decode(&setup.secret);
     assert_eq!(secret.len(), 20);
 
     // Not in force before it is confirmed.
     app.sign_in(&user).await;
-    let wrong = format!("{:06}", (app.code_now(&secret).parse::<u32>().unwrap() + 1) % 1_000_000);
-    assert_error(app.mfa_confirm(&tokens, &wrong).await, 400, "validation_failed").await;
+    let wrong = format!(
+        "{:06}",
+        (app.code_now(&secret).parse::<u32>().unwrap() + 1) % 1_000_000
+    );
+    assert_error(
+        app.mfa_confirm(&tokens, &wrong).await,
+        400,
+        "validation_failed",
+    )
+    .await;
     let confirming = app.code_now(&secret);
     let codes: RecoveryCodes = parse(app.mfa_confirm(&tokens, &confirming).await, 200).await;
     assert_eq!(codes.recovery_codes.len(), 10);
     let unique: std::collections::HashSet<_> = codes.recovery_codes.iter().collect();
     assert_eq!(unique.len(), 10);
     // Confirmed once: a second confirmation has nothing to confirm.
-    assert_error(app.mfa_confirm(&tokens, &confirming).await, 400, "validation_failed").await;
+    assert_error(
+        app.mfa_confirm(&tokens, &confirming).await,
+        400,
+        "validation_failed",
+    )
+    .await;
     // And setting up again is refused while it is on.
-    assert_error(app.mfa_setup(&tokens, &user.password).await, 403, "forbidden").await;
+    assert_error(
+        app.mfa_setup(&tokens, &user.password).await,
+        403,
+        "forbidden",
+    )
+    .await;
 
     let step = app.first_step(&user).await;
     // The code that confirmed the setup counts as used.
-    assert_error(app.mfa_verify(&step.mfa_token, &confirming).await, 401, "invalid_credentials").await;
-    assert_error(app.mfa_verify(&step.mfa_token, &wrong).await, 401, "invalid_credentials").await;
+    assert_error(
+        app.mfa_verify(&step.mfa_token, &confirming).await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    assert_error(
+        app.mfa_verify(&step.mfa_token, &wrong).await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
     app.advance(Duration::from_secs(30));
     let code = app.code_now(&secret);
     let r = app.mfa_verify(&step.mfa_token, &code).await;
-    let cookie = r.headers().get("set-cookie").map(|v| v.to_str().unwrap().to_owned());
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_owned());
     assert!(cookie.is_some_and(|c| c.starts_with("auth.sid=") && c.contains("HttpOnly")));
     let signed_in: Tokens = parse(r, 200).await;
     assert_eq!(signed_in.username, user.username);
     app.assert_signed_in(&signed_in.token).await;
 
     // The mfa_token is single-use, and the code is not accepted twice (no replay).
-    assert_error(app.mfa_verify(&step.mfa_token, &code).await, 400, "invalid_token").await;
+    assert_error(
+        app.mfa_verify(&step.mfa_token, &code).await,
+        400,
+        "invalid_token",
+    )
+    .await;
     let again = app.first_step(&user).await;
-    assert_error(app.mfa_verify(&again.mfa_token, &code).await, 401, "invalid_credentials").await;
+    assert_error(
+        app.mfa_verify(&again.mfa_token, &code).await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
     app.advance(Duration::from_secs(30));
-    parse::<Tokens>(app.mfa_verify(&again.mfa_token, &app.code_now(&secret)).await, 200).await;
+    parse::<Tokens>(
+        app.mfa_verify(&again.mfa_token, &app.code_now(&secret))
+            .await,
+        200,
+    )
+    .await;
 
     // "Two-factor is on" was emailed.
     app.deliver_all_emails().await;
@@ -228,15 +288,37 @@ async fn an_mfa_token_lives_five_minutes_and_five_wrong_codes(backend: Backend) 
 
     let step = app.first_step(&u.user).await;
     app.advance(Duration::from_secs(301));
-    assert_error(app.mfa_verify(&step.mfa_token, &app.code_now(&u.secret)).await, 400, "invalid_token").await;
+    assert_error(
+        app.mfa_verify(&step.mfa_token, &app.code_now(&u.secret))
+            .await,
+        400,
+        "invalid_token",
+    )
+    .await;
 
     let step = app.first_step(&u.user).await;
     for _ in 0..5 {
-        assert_error(app.mfa_verify(&step.mfa_token, "000000").await, 401, "invalid_credentials").await;
+        assert_error(
+            app.mfa_verify(&step.mfa_token, "000000").await,
+            401,
+            "invalid_credentials",
+        )
+        .await;
     }
     // Dead after the fifth, even with the right code.
-    assert_error(app.mfa_verify(&step.mfa_token, &app.code_now(&u.secret)).await, 400, "invalid_token").await;
-    assert_error(app.mfa_verify("not-a-token", "123456").await, 400, "invalid_token").await;
+    assert_error(
+        app.mfa_verify(&step.mfa_token, &app.code_now(&u.secret))
+            .await,
+        400,
+        "invalid_token",
+    )
+    .await;
+    assert_error(
+        app.mfa_verify("not-a-token", "123456").await,
+        400,
+        "invalid_token",
+    )
+    .await;
     assert_error(app.mfa_verify("", "").await, 400, "validation_failed").await;
 }
 
@@ -247,10 +329,26 @@ async fn wrong_codes_count_toward_the_sign_in_limit(backend: Backend) {
     // The password step is one counted attempt until the second completes; four wrong codes
     // make five failures.
     for _ in 0..4 {
-        assert_error(app.mfa_verify(&step.mfa_token, "000000").await, 401, "invalid_credentials").await;
+        assert_error(
+            app.mfa_verify(&step.mfa_token, "000000").await,
+            401,
+            "invalid_credentials",
+        )
+        .await;
     }
-    assert_error(app.mfa_verify(&step.mfa_token, &app.code_now(&u.secret)).await, 429, "too_many_requests").await;
-    assert_error(app.try_sign_in(&u.user.username, &u.user.password).await, 429, "too_many_requests").await;
+    assert_error(
+        app.mfa_verify(&step.mfa_token, &app.code_now(&u.secret))
+            .await,
+        429,
+        "too_many_requests",
+    )
+    .await;
+    assert_error(
+        app.try_sign_in(&u.user.username, &u.user.password).await,
+        429,
+        "too_many_requests",
+    )
+    .await;
 }
 
 async fn a_recovery_code_works_once(backend: Backend) {
@@ -265,12 +363,25 @@ async fn a_recovery_code_works_once(backend: Backend) {
     app.assert_signed_in(&tokens.token).await;
 
     let step = app.first_step(&u.user).await;
-    assert_error(app.mfa_verify(&step.mfa_token, code).await, 401, "invalid_credentials").await;
+    assert_error(
+        app.mfa_verify(&step.mfa_token, code).await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
     // Another one still works.
-    parse::<Tokens>(app.mfa_verify(&step.mfa_token, &u.recovery_codes[4]).await, 200).await;
+    parse::<Tokens>(
+        app.mfa_verify(&step.mfa_token, &u.recovery_codes[4]).await,
+        200,
+    )
+    .await;
 
     let events = app.security_events(&tokens.token).await;
-    let used = events.events.iter().filter(|e| e.kind == "recovery_code_used").count();
+    let used = events
+        .events
+        .iter()
+        .filter(|e| e.kind == "recovery_code_used")
+        .count();
     assert_eq!(used, 2);
 }
 
@@ -278,18 +389,45 @@ async fn disable_needs_the_password_and_a_code(backend: Backend) {
     let app = TestApp::builder(backend).smtp_sink().spawn().await;
     let u = app.two_factor_user().await;
     let code = app.code_now(&u.secret);
-    assert_error(app.mfa_disable(&u.tokens, &u.user.password, "000000").await, 400, "validation_failed").await;
-    assert_error(app.mfa_disable(&u.tokens, "wrong-password", &code).await, 401, "invalid_credentials").await;
-    assert_error(app.mfa_disable(&u.tokens, "", "").await, 400, "validation_failed").await;
-    let off: Message = parse(app.mfa_disable(&u.tokens, &u.user.password, &code).await, 200).await;
+    assert_error(
+        app.mfa_disable(&u.tokens, &u.user.password, "000000").await,
+        400,
+        "validation_failed",
+    )
+    .await;
+    assert_error(
+        app.mfa_disable(&u.tokens, "wrong-password", &code).await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    assert_error(
+        app.mfa_disable(&u.tokens, "", "").await,
+        400,
+        "validation_failed",
+    )
+    .await;
+    let off: Message = parse(
+        app.mfa_disable(&u.tokens, &u.user.password, &code).await,
+        200,
+    )
+    .await;
     assert_eq!(off.message, "Two-factor authentication is off");
-    assert_error(app.mfa_disable(&u.tokens, &u.user.password, &code).await, 404, "not_found").await;
+    assert_error(
+        app.mfa_disable(&u.tokens, &u.user.password, &code).await,
+        404,
+        "not_found",
+    )
+    .await;
 
     // The password alone signs in again.
     app.sign_in(&u.user).await;
     app.deliver_all_emails().await;
     let subjects: Vec<String> = app.emails().iter().map(|m| m.subject()).collect();
-    assert!(subjects.iter().any(|s| s.contains("was turned off")), "{subjects:?}");
+    assert!(
+        subjects.iter().any(|s| s.contains("was turned off")),
+        "{subjects:?}"
+    );
 }
 
 async fn an_administrator_removes_two_factor(backend: Backend) {
@@ -300,12 +438,28 @@ async fn an_administrator_removes_two_factor(backend: Backend) {
 
     // Not for a non-administrator.
     let (_, other) = app.signed_in_user().await;
-    assert_error(app.admin(&other, Method::DELETE, &id, "/mfa", None).await, 403, "forbidden").await;
+    assert_error(
+        app.admin(&other, Method::DELETE, &id, "/mfa", None).await,
+        403,
+        "forbidden",
+    )
+    .await;
 
     let r = app.admin(&admin, Method::DELETE, &id, "/mfa", None).await;
     assert_eq!(r.status(), 204);
-    assert_error(app.admin(&admin, Method::DELETE, &id, "/mfa", None).await, 404, "not_found").await;
-    assert_error(app.admin(&admin, Method::DELETE, "no-such-user", "/mfa", None).await, 404, "not_found").await;
+    assert_error(
+        app.admin(&admin, Method::DELETE, &id, "/mfa", None).await,
+        404,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        app.admin(&admin, Method::DELETE, "no-such-user", "/mfa", None)
+            .await,
+        404,
+        "not_found",
+    )
+    .await;
     app.sign_in(&u.user).await;
 
     app.deliver_all_emails().await;
@@ -316,12 +470,22 @@ async fn an_administrator_removes_two_factor(backend: Backend) {
         .map(|m| m.subject())
         .collect();
     assert!(
-        to_user.iter().any(|s| s.contains("administrator removed two-factor")),
+        to_user
+            .iter()
+            .any(|s| s.contains("administrator removed two-factor")),
         "{to_user:?}"
     );
-    let audit = app.audit_of(&admin.token, &format!("kind=mfa_removed_by_admin&user={id}")).await;
+    let audit = app
+        .audit_of(
+            &admin.token,
+            &format!("kind=mfa_removed_by_admin&user={id}"),
+        )
+        .await;
     assert_eq!(audit.total, 1);
-    assert_eq!(audit.events[0].actor.as_deref(), Some(admin.user.id.as_str()));
+    assert_eq!(
+        audit.events[0].actor.as_deref(),
+        Some(admin.user.id.as_str())
+    );
     assert_eq!(audit.events[0].target.as_deref(), Some(id.as_str()));
 }
 
@@ -332,7 +496,10 @@ async fn secrets_and_recovery_codes_are_not_stored_in_the_clear(backend: Backend
     // The secret as the service shows it (base32), and as raw hex.
     let encoded = base32_encode(&u.secret);
     assert!(!dump.contains(&encoded), "the base32 secret is stored");
-    assert!(!dump.contains(&hex::encode(&u.secret)), "the raw secret is stored");
+    assert!(
+        !dump.contains(&hex::encode(&u.secret)),
+        "the raw secret is stored"
+    );
     for code in &u.recovery_codes {
         assert!(!dump.contains(code.as_str()), "a recovery code is stored");
     }
@@ -368,8 +535,12 @@ crate::both_backends!(
 
 async fn sign_in_on_page(browser: &crate::browser::Browser, app: &TestApp, user: &TestUser) {
     browser.goto(&app.url("/signin")).await;
-    browser.fill("form#signin input[name=username]", &user.username).await;
-    browser.fill("form#signin input[name=password]", &user.password).await;
+    browser
+        .fill("form#signin input[name=username]", &user.username)
+        .await;
+    browser
+        .fill("form#signin input[name=password]", &user.password)
+        .await;
     browser.submit("form#signin").await;
 }
 
@@ -389,13 +560,21 @@ async fn person_sets_up_two_factor_on_the_account_page_and_signs_in_with_it_in_a
     assert!(browser.cookie("auth.sid").await.is_some());
 
     browser.goto(&app.url("/account")).await;
-    browser.fill("form#mfa-setup input[name=password]", &user.password).await;
+    browser
+        .fill("form#mfa-setup input[name=password]", &user.password)
+        .await;
     browser.submit("form#mfa-setup").await;
     let secret = browser.text("code#mfa-secret").await.trim().to_owned();
-    assert_eq!(browser.all("#mfa-qr svg").await.len(), 1, "the QR code is inline SVG");
+    assert_eq!(
+        browser.all("#mfa-qr svg").await.len(),
+        1,
+        "the QR code is inline SVG"
+    );
     browser.screenshots("account-mfa-setup").await;
     let secret = base32_decode(&secret);
-    browser.fill("form#mfa-confirm input[name=code]", &app.code_now(&secret)).await;
+    browser
+        .fill("form#mfa-confirm input[name=code]", &app.code_now(&secret))
+        .await;
     browser.submit("form#mfa-confirm").await;
     browser.wait_for_count("#recovery-codes li", 10).await;
     browser.screenshots("account-mfa-on").await;
@@ -413,7 +592,9 @@ async fn person_sets_up_two_factor_on_the_account_page_and_signs_in_with_it_in_a
     assert!(browser.cookie("auth.sid").await.is_none());
     browser.screenshots("signin-mfa").await;
     app.advance(Duration::from_secs(30));
-    browser.fill("form#signin-mfa input[name=code]", &app.code_now(&secret)).await;
+    browser
+        .fill("form#signin-mfa input[name=code]", &app.code_now(&secret))
+        .await;
     browser.submit("form#signin-mfa").await;
     browser.wait_for("form#mfa-disable").await;
     assert!(browser.cookie("auth.sid").await.is_some());

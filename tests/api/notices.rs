@@ -20,7 +20,12 @@ fn located_app(backend: Backend, ipinfo: &IpinfoStandIn) -> TestAppBuilder {
         .env("IPINFO_URL", &ipinfo.url)
 }
 
-async fn sign_in_from(app: &TestApp, user: &TestUser, ip: &str, user_agent: Option<&str>) -> Tokens {
+async fn sign_in_from(
+    app: &TestApp,
+    user: &TestUser,
+    ip: &str,
+    user_agent: Option<&str>,
+) -> Tokens {
     let mut req = app
         .client
         .post(app.url("/api/auth/signin"))
@@ -58,29 +63,55 @@ async fn a_new_location_sends_one_notice_and_this_wasnt_me_ends_every_session(ba
     let third = sign_in_from(&app, &user, "81.2.69.142", None).await;
     let fourth = sign_in_from(&app, &user, "81.2.69.160", None).await;
     let sent = notices(&app);
-    assert_eq!(sent.len(), 1, "{:?}", app.emails().iter().map(|m| m.subject()).collect::<Vec<_>>());
+    assert_eq!(
+        sent.len(),
+        1,
+        "{:?}",
+        app.emails().iter().map(|m| m.subject()).collect::<Vec<_>>()
+    );
     let notice = &sent[0];
-    assert_eq!(notice.to, [user.email.clone()]);
+    assert_eq!(notice.to, std::slice::from_ref(&user.email));
     let text = notice.text();
     assert!(text.contains("Paris, Île-de-France, FR"), "{text}");
     assert!(text.contains("81.2.69.142"), "{text}");
     assert!(notice.html().contains("/not-me?token="));
-    let token = notice.token().expect("the notice has a this-wasn't-me link");
+    let token = notice
+        .token()
+        .expect("the notice has a this-wasn't-me link");
 
     // The link's page asks before it acts (a mail scanner opening it ends nothing).
-    let page = app.client.get(app.url(&format!("/not-me?token={token}"))).send().await.unwrap();
+    let page = app
+        .client
+        .get(app.url(&format!("/not-me?token={token}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("name=\"token\""));
     app.assert_signed_in(&first.token).await;
 
-    let done: Message = parse(app.post("/api/auth/not-me", json!({"token": token})).await, 200).await;
+    let done: Message = parse(
+        app.post("/api/auth/not-me", json!({"token": token})).await,
+        200,
+    )
+    .await;
     assert!(done.message.contains("signed out"));
     for tokens in [&first, &second, &third, &fourth] {
         app.assert_signed_out(&tokens.token).await;
     }
-    assert_error(app.try_refresh(&fourth.refresh_token).await, 401, "unauthorized").await;
+    assert_error(
+        app.try_refresh(&fourth.refresh_token).await,
+        401,
+        "unauthorized",
+    )
+    .await;
     // Once only.
-    assert_error(app.post("/api/auth/not-me", json!({"token": token})).await, 400, "invalid_token").await;
+    assert_error(
+        app.post("/api/auth/not-me", json!({"token": token})).await,
+        400,
+        "invalid_token",
+    )
+    .await;
 
     // …and it leads to a password reset.
     app.deliver_all_emails().await;
@@ -90,7 +121,9 @@ async fn a_new_location_sends_one_notice_and_this_wasnt_me_ends_every_session(ba
         .find(|m| m.subject().contains("Reset your Auth Flow password"))
         .expect("a reset email");
     let reset_token = reset.token().unwrap();
-    let r = app.reset_password(&reset_token, "another-horse-battery-staple-43").await;
+    let r = app
+        .reset_password(&reset_token, "another-horse-battery-staple-43")
+        .await;
     assert_eq!(r.status(), 200);
 }
 
@@ -104,9 +137,17 @@ async fn a_new_device_is_noticed_unless_alerts_are_off(backend: Backend) {
     sign_in_from(&app, &user, "127.0.0.1", Some(FIREFOX)).await;
     let sent = notices(&app);
     assert_eq!(sent.len(), 1);
-    assert!(sent[0].text().contains("device it has not been signed in from before"));
+    assert!(sent[0]
+        .text()
+        .contains("device it has not been signed in from before"));
     // A newer Firefox on the same system is the same device.
-    sign_in_from(&app, &user, "127.0.0.1", Some(&FIREFOX.replace("133.0", "134.0"))).await;
+    sign_in_from(
+        &app,
+        &user,
+        "127.0.0.1",
+        Some(&FIREFOX.replace("133.0", "134.0")),
+    )
+    .await;
     assert_eq!(notices(&app).len(), 1);
 
     let quiet = TestApp::builder(backend)
@@ -127,12 +168,24 @@ async fn a_role_changed_by_an_administrator_is_emailed(backend: Backend) {
     let (_, admin) = app.signed_in_admin().await;
     let (user, tokens) = app.signed_in_user().await;
     let r = app
-        .admin(&admin, Method::PATCH, &tokens.user.id, "", Some(json!({"role": "admin"})))
+        .admin(
+            &admin,
+            Method::PATCH,
+            &tokens.user.id,
+            "",
+            Some(json!({"role": "admin"})),
+        )
         .await;
     assert_eq!(r.status(), 200);
     // Not for a change that is none.
     let r = app
-        .admin(&admin, Method::PATCH, &tokens.user.id, "", Some(json!({"role": "admin"})))
+        .admin(
+            &admin,
+            Method::PATCH,
+            &tokens.user.id,
+            "",
+            Some(json!({"role": "admin"})),
+        )
         .await;
     assert_eq!(r.status(), 200);
     app.deliver_all_emails().await;
@@ -142,7 +195,11 @@ async fn a_role_changed_by_an_administrator_is_emailed(backend: Backend) {
         .filter(|m| m.to == [user.email.clone()] && m.subject().contains("administrator changed"))
         .collect();
     assert_eq!(changed.len(), 1);
-    assert!(changed[0].text().contains("from user to admin"), "{}", changed[0].text());
+    assert!(
+        changed[0].text().contains("from user to admin"),
+        "{}",
+        changed[0].text()
+    );
 }
 
 crate::both_backends!(

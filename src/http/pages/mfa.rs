@@ -67,7 +67,9 @@ pub async fn verify(
             &["This sign-in has expired or had too many wrong codes. Please sign in again."],
             Some(("/signin", "Sign in")),
         ),
-        Err(e @ (Error::InvalidCredentials | Error::Validation(_) | Error::TooManyRequests { .. })) => {
+        Err(
+            e @ (Error::InvalidCredentials | Error::Validation(_) | Error::TooManyRequests { .. }),
+        ) => {
             let message = match e {
                 Error::InvalidCredentials => "That code is not right.".to_owned(),
                 ref other => super::form_message(other),
@@ -153,8 +155,16 @@ pub async fn setup(
                 setup: Some((secret, svg)),
                 ..MfaSection::default()
             };
-            super::account::show_with_mfa(&state, &visit, principal, StatusCode::OK, None, None, mfa)
-                .await
+            super::account::show_with_mfa(
+                &state,
+                &visit,
+                principal,
+                StatusCode::OK,
+                None,
+                None,
+                mfa,
+            )
+            .await
         }
         Err(e @ (Error::Internal(_) | Error::Unavailable(_))) => visit.error(e),
         Err(e) => {

@@ -8,8 +8,8 @@ use super::{SqlStore, Value};
 use crate::domain::{UserId, UserUid};
 use crate::store::dialect::Dialect;
 use crate::store::{
-    AuditEvent, AuditFilter, LocationLogId, LoginRecord, NewAuditEvent, NewEmail,
-    NewSignInNotice, StoreError, User,
+    AuditEvent, AuditFilter, LocationLogId, LoginRecord, NewAuditEvent, NewEmail, NewSignInNotice,
+    StoreError, User,
 };
 use crate::time::Timestamp;
 
@@ -275,11 +275,13 @@ where
         };
         Self::revoke_sessions_in(&mut tx, user_id, now).await?;
         // Links of other notices of this account name sessions that are gone now.
-        sqlx::query("UPDATE sign_in_notices SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL")
-            .bind(user_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE sign_in_notices SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL",
+        )
+        .bind(user_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         let mut audit = audit.clone();
         audit.target = Some(user.uid.clone());
         audit.actor = Some(user.uid.clone());

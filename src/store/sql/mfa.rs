@@ -6,9 +6,7 @@ use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Type};
 use super::{SqlStore, Value};
 use crate::domain::UserId;
 use crate::store::dialect::Dialect;
-use crate::store::{
-    AttemptId, MfaChallenge, NewAuditEvent, NewEmail, StoreError, TotpRecord,
-};
+use crate::store::{AttemptId, MfaChallenge, NewAuditEvent, NewEmail, StoreError, TotpRecord};
 use crate::time::Timestamp;
 
 #[derive(sqlx::FromRow)]

@@ -7,16 +7,16 @@
 //! such as `String: Encode<DB>` cannot live on `Dialect` itself. Each one is what sqlx needs
 //! to run a statement, bind a type or read a column.
 
+mod audit;
 mod keys;
 mod limits;
+mod mfa;
 mod outbox;
 mod rows;
 mod sessions;
 mod sign_in;
 mod tokens;
 mod users;
-mod mfa;
-mod audit;
 
 use async_trait::async_trait;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Type};
@@ -308,7 +308,12 @@ where
     async fn totp(&self, user: UserId) -> Result<Option<TotpRecord>, StoreError> {
         SqlStore::totp(self, user).await
     }
-    async fn begin_totp(&self, user: UserId, sealed: &str, now: Timestamp) -> Result<bool, StoreError> {
+    async fn begin_totp(
+        &self,
+        user: UserId,
+        sealed: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
         SqlStore::begin_totp(self, user, sealed, now).await
     }
     async fn confirm_totp(
@@ -324,7 +329,12 @@ where
     async fn accept_totp_step(&self, user: UserId, step: i64) -> Result<bool, StoreError> {
         SqlStore::accept_totp_step(self, user, step).await
     }
-    async fn use_recovery_code(&self, user: UserId, hash: &str, now: Timestamp) -> Result<bool, StoreError> {
+    async fn use_recovery_code(
+        &self,
+        user: UserId,
+        hash: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
         SqlStore::use_recovery_code(self, user, hash, now).await
     }
     async fn recovery_codes_left(&self, user: UserId) -> Result<i64, StoreError> {
@@ -394,7 +404,10 @@ where
     ) -> Result<Vec<LoginRecord>, StoreError> {
         SqlStore::earlier_sign_ins(self, user, except, limit).await
     }
-    async fn sign_in_location(&self, log: LocationLogId) -> Result<Option<LoginRecord>, StoreError> {
+    async fn sign_in_location(
+        &self,
+        log: LocationLogId,
+    ) -> Result<Option<LoginRecord>, StoreError> {
         SqlStore::sign_in_location(self, log).await
     }
     async fn create_sign_in_notice(
