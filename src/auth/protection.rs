@@ -139,6 +139,7 @@ impl Auth {
             Prune::FinishedEmails {
                 before: now - ENDED_KEPT,
             },
+            Prune::ExpiredMfaTokens { now },
         ];
         let mut total = 0;
         for kind in kinds {

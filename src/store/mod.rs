@@ -758,6 +758,9 @@ pub enum Prune {
     EndedSessions { before: Timestamp },
     /// Delivered or given-up emails created before `before`.
     FinishedEmails { before: Timestamp },
+    /// Second-step challenges and "this wasn't me" links that expired before `now` (used or
+    /// not: a used one is single-use by its `used_at`, an expired one by its `expires_at`).
+    ExpiredMfaTokens { now: Timestamp },
 }
 
 /// Connects to the database named by the configuration and brings its schema up to date.

@@ -523,7 +523,34 @@ pub fn base32_encode(bytes: &[u8]) -> String {
     out
 }
 
+async fn expired_second_steps_are_pruned(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let u = app.two_factor_user().await;
+    let live = app.first_step(&u.user).await;
+    app.first_step(&u.user).await;
+    let count = "SELECT count(*) FROM mfa_challenges";
+    assert_eq!(app.db.count(count).await, 2);
+    app.db.expire_all("mfa_challenges").await;
+
+    let mut vars = std::collections::HashMap::new();
+    vars.insert("DATABASE_URL".to_owned(), app.database_url());
+    vars.insert("JWT_SECRET".to_owned(), crate::helpers::SECRET.to_owned());
+    vars.insert("DATA_DIR".to_owned(), app.data_dir().display().to_string());
+    let config = authflow::config::Config::from_vars(&vars).unwrap();
+    let services = authflow::app::Services::connect(config).await.unwrap();
+    assert!(services.auth.prune_expired().await.unwrap() >= 2);
+    assert_eq!(app.db.count(count).await, 0);
+    assert_error(
+        app.mfa_verify(&live.mfa_token, &app.code_now(&u.secret))
+            .await,
+        400,
+        "invalid_token",
+    )
+    .await;
+}
+
 crate::both_backends!(
+    expired_second_steps_are_pruned,
     setup_confirm_and_sign_in_with_the_second_step,
     an_mfa_token_lives_five_minutes_and_five_wrong_codes,
     wrong_codes_count_toward_the_sign_in_limit,
