@@ -8,7 +8,7 @@ use crate::store::{LocationLogId, LoginRecord, NewSignInNotice};
 /// A "this wasn't me" link works for a week.
 const NOTICE_LINK_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 /// Earlier sign-ins compared with a new one (history is pruned after 90 days anyway).
-const EARLIER_COMPARED: i64 = 500;
+const EARLIER_COMPARED: i64 = 200;
 
 /// Country and city of a located sign-in; `None` when the location is not known (no
 /// geolocation configured, or the lookup failed).
