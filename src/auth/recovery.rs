@@ -221,20 +221,19 @@ impl Recovery<'_> {
             .map_err(|m| Error::Validation(vec![FieldError::new("password", m)]))?;
         let password_hash = self.passwords.hash(password.expose().to_owned()).await?;
         let notice = self.render(&user.email, &Email::PasswordChanged { name: &user.name })?;
-        // The token is used inside the transaction: of two concurrent resets, one wins.
-        self.store
-            .reset_password(&hash, &password_hash, &notice, self.clock.now())
-            .await?
-            .ok_or(Error::InvalidToken)?;
-        self.mail_wake.notify_one();
-        let event = self.audit_event(
+        let audit = self.audit_event(
             "password_reset",
             Some(&user),
             Some(&user),
             client,
             serde_json::json!({"sessions_revoked": true, "api_keys_revoked": true}),
         );
-        self.record(&event, None).await;
+        // The token is used inside the transaction: of two concurrent resets, one wins.
+        self.store
+            .reset_password(&hash, &password_hash, &notice, &audit, self.clock.now())
+            .await?
+            .ok_or(Error::InvalidToken)?;
+        self.mail_wake.notify_one();
         tracing::info!(user = %user.uid, "password reset; all sessions revoked");
         Ok(())
     }
@@ -288,24 +287,24 @@ impl Recovery<'_> {
         self.verify_current_password(user, current, client).await?;
         let password_hash = self.passwords.hash(new.expose().to_owned()).await?;
         let notice = self.render(&user.email, &Email::PasswordChanged { name: &user.name })?;
+        let audit = self.audit_event(
+            "password_changed",
+            Some(user),
+            Some(user),
+            client,
+            serde_json::json!({"other_sessions_revoked": true}),
+        );
         self.store
             .change_password(
                 user.db_id,
                 &password_hash,
                 principal.session_id()?,
                 &notice,
+                &audit,
                 self.clock.now(),
             )
             .await?;
         self.mail_wake.notify_one();
-        let event = self.audit_event(
-            "password_changed",
-            Some(user),
-            Some(user),
-            client,
-            serde_json::json!({}),
-        );
-        self.record(&event, None).await;
         tracing::info!(user = %user.uid, "password changed; other sessions revoked");
         Ok(())
     }

@@ -531,6 +531,7 @@ pub trait Store: Send + Sync + 'static {
         hash: &str,
         password_hash: &str,
         notice: &NewEmail,
+        audit: &NewAuditEvent,
         now: Timestamp,
     ) -> Result<Option<User>, StoreError>;
     /// Whether the account of an email-verification token (used or not) is verified: a link
@@ -545,6 +546,7 @@ pub trait Store: Send + Sync + 'static {
         password_hash: &str,
         keep_session: &SessionId,
         notice: &NewEmail,
+        audit: &NewAuditEvent,
         now: Timestamp,
     ) -> Result<(), StoreError>;
 
@@ -605,14 +607,21 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<User, StoreError>;
 
     /// Stores the key and queues its notice email, atomically.
-    async fn create_api_key(&self, key: &NewApiKey, notice: &NewEmail) -> Result<(), StoreError>;
+    async fn create_api_key(
+        &self,
+        key: &NewApiKey,
+        notice: &NewEmail,
+        audit: &NewAuditEvent,
+    ) -> Result<(), StoreError>;
     /// Newest first.
     async fn list_api_keys(&self, user_db_id: UserId) -> Result<Vec<ApiKey>, StoreError>;
     /// `false` when the user has no such key.
+    /// With its audit entry, atomically (none when there was no such key).
     async fn delete_api_key(
         &self,
         user_db_id: UserId,
         key_id: &ApiKeyId,
+        audit: &NewAuditEvent,
     ) -> Result<bool, StoreError>;
     /// The key and its owner if the key exists, has not expired and the owner is active: one
     /// round trip.

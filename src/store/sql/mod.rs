@@ -189,9 +189,10 @@ where
         hash: &str,
         password_hash: &str,
         notice: &NewEmail,
+        audit: &NewAuditEvent,
         now: Timestamp,
     ) -> Result<Option<User>, StoreError> {
-        SqlStore::reset_password(self, hash, password_hash, notice, now).await
+        SqlStore::reset_password(self, hash, password_hash, notice, audit, now).await
     }
     async fn verified_by_token(&self, hash: &str) -> Result<bool, StoreError> {
         SqlStore::verified_by_token(self, hash).await
@@ -205,9 +206,10 @@ where
         password_hash: &str,
         keep_session: &SessionId,
         notice: &NewEmail,
+        audit: &NewAuditEvent,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        SqlStore::change_password(self, user, password_hash, keep_session, notice, now).await
+        SqlStore::change_password(self, user, password_hash, keep_session, notice, audit, now).await
     }
 
     async fn reserve_sign_in(&self, a: &AttemptReservation) -> Result<Reservation, StoreError> {
@@ -269,14 +271,24 @@ where
         SqlStore::admin_update_user(self, user, change, now).await
     }
 
-    async fn create_api_key(&self, key: &NewApiKey, notice: &NewEmail) -> Result<(), StoreError> {
-        SqlStore::create_api_key(self, key, notice).await
+    async fn create_api_key(
+        &self,
+        key: &NewApiKey,
+        notice: &NewEmail,
+        audit: &NewAuditEvent,
+    ) -> Result<(), StoreError> {
+        SqlStore::create_api_key(self, key, notice, audit).await
     }
     async fn list_api_keys(&self, user: UserId) -> Result<Vec<ApiKey>, StoreError> {
         SqlStore::list_api_keys(self, user).await
     }
-    async fn delete_api_key(&self, user: UserId, id: &ApiKeyId) -> Result<bool, StoreError> {
-        SqlStore::delete_api_key(self, user, id).await
+    async fn delete_api_key(
+        &self,
+        user: UserId,
+        id: &ApiKeyId,
+        audit: &NewAuditEvent,
+    ) -> Result<bool, StoreError> {
+        SqlStore::delete_api_key(self, user, id, audit).await
     }
     async fn api_key_owner(
         &self,
