@@ -253,9 +253,8 @@ async fn a_reset_is_audited_with_its_address(backend: Backend) {
     let (_, admin) = app.signed_in_admin().await;
     let (user, tokens) = app.signed_in_user().await;
     app.forgot_password(&user.email).await;
-    app.deliver_all_emails().await;
-    let token = app
-        .emails()
+    let token = crate::notices::delivered(&app)
+        .await
         .iter()
         .rev()
         .find(|m| m.subject().contains("Reset"))

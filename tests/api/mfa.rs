@@ -267,8 +267,11 @@ async fn setup_confirm_and_sign_in_with_the_second_step(backend: Backend) {
     .await;
 
     // "Two-factor is on" was emailed.
-    app.deliver_all_emails().await;
-    let subjects: Vec<String> = app.emails().iter().map(|m| m.subject()).collect();
+    let subjects: Vec<String> = crate::notices::delivered(&app)
+        .await
+        .iter()
+        .map(|m| m.subject())
+        .collect();
     assert_eq!(
         subjects
             .iter()
@@ -422,8 +425,11 @@ async fn disable_needs_the_password_and_a_code(backend: Backend) {
 
     // The password alone signs in again.
     app.sign_in(&u.user).await;
-    app.deliver_all_emails().await;
-    let subjects: Vec<String> = app.emails().iter().map(|m| m.subject()).collect();
+    let subjects: Vec<String> = crate::notices::delivered(&app)
+        .await
+        .iter()
+        .map(|m| m.subject())
+        .collect();
     assert!(
         subjects.iter().any(|s| s.contains("was turned off")),
         "{subjects:?}"
@@ -462,9 +468,8 @@ async fn an_administrator_removes_two_factor(backend: Backend) {
     .await;
     app.sign_in(&u.user).await;
 
-    app.deliver_all_emails().await;
-    let to_user: Vec<_> = app
-        .emails()
+    let to_user: Vec<_> = crate::notices::delivered(&app)
+        .await
         .into_iter()
         .filter(|m| m.to == [u.user.email.clone()])
         .map(|m| m.subject())
