@@ -20,11 +20,13 @@ CREATE TABLE IF NOT EXISTS mfa_recovery_codes (
 );
 CREATE INDEX IF NOT EXISTS mfa_recovery_codes_user_idx ON mfa_recovery_codes (user_id);
 
--- The second step of a sign-in: `mfa_token` as a digest, with the sign-in attempt it completes.
+-- The second step of a sign-in: `mfa_token` as a digest, with the sign-in attempt it completes
+-- and how the first factor was proved (`password`, `github`, `google`, `oidc:<name>`).
 CREATE TABLE IF NOT EXISTS mfa_challenges (
     token_hash CHAR(64) PRIMARY KEY,
     user_id INT NOT NULL REFERENCES users(user_db_id) ON DELETE CASCADE,
     attempt_id BIGINT NOT NULL,
+    method TEXT NOT NULL DEFAULT 'password',
     created_at TIMESTAMPTZ NOT NULL,
     expires_at TIMESTAMPTZ NOT NULL,
     failures INT NOT NULL DEFAULT 0,

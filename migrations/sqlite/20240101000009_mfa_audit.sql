@@ -20,6 +20,7 @@ CREATE TABLE IF NOT EXISTS mfa_challenges (
     token_hash TEXT PRIMARY KEY,
     user_id INTEGER NOT NULL REFERENCES users(user_db_id) ON DELETE CASCADE,
     attempt_id INTEGER NOT NULL,
+    method TEXT NOT NULL DEFAULT 'password',
     created_at TEXT NOT NULL,
     expires_at TEXT NOT NULL,
     failures INTEGER NOT NULL DEFAULT 0,

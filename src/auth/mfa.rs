@@ -259,12 +259,14 @@ impl Auth {
 
     /// THE gate after a first factor (password today, social sign-in next): with two
     /// factors on, the second step; else the session. `attempt` is the reserved sign-in
-    /// attempt, which the session (or the second step) completes.
+    /// attempt, which the session (or the second step) completes; `method` says how the
+    /// first factor was proved (`password`, `github`, …) and is kept for the second step.
     pub async fn complete_sign_in(
         self: &Arc<Self>,
         user: User,
         client: ClientInfo,
         attempt: AttemptId,
+        method: &str,
     ) -> Result<SignIn, Error> {
         if self.confirmed_totp(&user).await?.is_none() {
             let tokens = self.sessions().start_session(user, client, attempt).await?;
@@ -278,6 +280,7 @@ impl Auth {
                 &MfaChallenge {
                     user_db_id: user.db_id,
                     attempt_id: attempt,
+                    method: method.to_owned(),
                     failures: 0,
                 },
                 now,
@@ -524,7 +527,12 @@ impl Mfa<'_> {
             self.record(&event, None).await;
         }
         let tokens = self.sessions().start_session(user, client, attempt).await?;
-        tracing::info!(user = %tokens.user.uid, method, "signed in with two factors");
+        tracing::info!(
+            user = %tokens.user.uid,
+            first = %challenge.method,
+            second = method,
+            "signed in with two factors"
+        );
         Ok(tokens)
     }
 

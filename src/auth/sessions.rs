@@ -58,7 +58,9 @@ impl Sessions<'_> {
                 self.rehash_in_background(user.db_id, old, password);
             }
         }
-        let outcome = self.complete_sign_in(user, client, attempt).await?;
+        let outcome = self
+            .complete_sign_in(user, client, attempt, "password")
+            .await?;
         if let mfa::SignIn::Done(tokens) = &outcome {
             tracing::info!(user = %tokens.user.uid, session = %tokens.session_id, "signed in");
         }

@@ -408,8 +408,10 @@ pub struct TotpRecord {
 #[derive(Debug, Clone)]
 pub struct MfaChallenge {
     pub user_db_id: UserId,
-    /// The password attempt this step completes.
+    /// The first factor's attempt this step completes.
     pub attempt_id: AttemptId,
+    /// How the first factor was proved: `password`, or a social sign-in's provider.
+    pub method: String,
     pub failures: i32,
 }
 

@@ -20,6 +20,7 @@ struct TotpRow {
 struct ChallengeRow {
     user_id: i64,
     attempt_id: i64,
+    method: String,
     failures: i32,
 }
 
@@ -201,12 +202,13 @@ where
         expires_at: Timestamp,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO mfa_challenges (token_hash, user_id, attempt_id, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO mfa_challenges (token_hash, user_id, attempt_id, method, created_at, \
+             expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(hash)
         .bind(c.user_db_id)
         .bind(c.attempt_id.0)
+        .bind(&c.method)
         .bind(now)
         .bind(expires_at)
         .execute(&self.pool)
@@ -222,7 +224,7 @@ where
     ) -> Result<Option<MfaChallenge>, StoreError> {
         let row: Option<ChallengeRow> = sqlx::query_as(
             "SELECT CAST(user_id AS BIGINT) AS user_id, CAST(attempt_id AS BIGINT) AS attempt_id, \
-             failures FROM mfa_challenges \
+             method, failures FROM mfa_challenges \
              WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 AND failures < $3",
         )
         .bind(hash)
@@ -233,6 +235,7 @@ where
         Ok(row.map(|r| MfaChallenge {
             user_db_id: UserId::new(r.user_id),
             attempt_id: AttemptId(r.attempt_id),
+            method: r.method,
             failures: r.failures,
         }))
     }
