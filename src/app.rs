@@ -97,6 +97,13 @@ impl Services {
                 .connect_timeout(std::time::Duration::from_secs(5))
                 .build()
                 .context("building the identity providers' HTTP client")?,
+            sealing: crate::auth::mfa::SealingKey::derive(
+                config
+                    .mfa_encryption_key
+                    .as_ref()
+                    .unwrap_or(&secret)
+                    .expose(),
+            ),
         });
         Ok(Self {
             config,

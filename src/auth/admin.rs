@@ -1,8 +1,11 @@
 //! Use-cases of administration: finding, changing and removing accounts; making admins.
 
-use super::{normalize_identifier, Administration, Auth, Principal, Registration, Scope};
+use super::{
+    normalize_identifier, Administration, Auth, ClientInfo, Principal, Registration, Scope,
+};
 use crate::domain::UserUid;
 use crate::error::Error;
+use crate::mail::templates::{Email, EmailKind};
 use crate::store::{AdminChange, Role, User};
 
 impl Auth {
@@ -82,6 +85,7 @@ impl Administration<'_> {
         caller: &Principal,
         uid: &str,
         change: AdminChange,
+        client: &ClientInfo,
     ) -> Result<User, Error> {
         self.require_admin(caller, Scope::UsersWrite)?;
         // Roles are changed by a signed-in administrator only: a leaked key must not be able
@@ -104,7 +108,69 @@ impl Administration<'_> {
             .admin_update_user(target.db_id, &change, self.clock.now())
             .await?;
         tracing::info!(admin = %caller.user.uid, user = %user.uid, "account changed by an administrator");
+        self.record_admin_change(caller, &target, &user, client)
+            .await?;
         Ok(user)
+    }
+
+    /// Role and status changes go to the audit log; a changed role is emailed to its owner.
+    async fn record_admin_change(
+        &self,
+        caller: &Principal,
+        before: &User,
+        after: &User,
+        client: &ClientInfo,
+    ) -> Result<(), Error> {
+        if before.role != after.role {
+            let event = self.audit_event(
+                "role_changed",
+                Some(&caller.user),
+                Some(after),
+                client,
+                serde_json::json!({"from": before.role.as_str(), "to": after.role.as_str()}),
+            );
+            let what = format!(
+                "An administrator changed the role of your Auth Flow account from {} to {}. Your sessions were signed out; sign in again.",
+                before.role.as_str(),
+                after.role.as_str()
+            );
+            let notice = self.render(
+                &after.email,
+                &Email::Notice {
+                    kind: EmailKind::AccountChangedByAdmin,
+                    name: &after.name,
+                    what: &what,
+                    facts: &[format!("Administrator: {}", caller.user.username)],
+                    action: None,
+                },
+            )?;
+            self.record(&event, Some(&notice)).await;
+        }
+        if before.active != after.active {
+            let event = self.audit_event(
+                if after.active {
+                    "account_activated"
+                } else {
+                    "account_deactivated"
+                },
+                Some(&caller.user),
+                Some(after),
+                client,
+                serde_json::json!({"active": after.active}),
+            );
+            self.record(&event, None).await;
+        }
+        if before.email_verified != after.email_verified {
+            let event = self.audit_event(
+                "email_verification_changed",
+                Some(&caller.user),
+                Some(after),
+                client,
+                serde_json::json!({"email_verified": after.email_verified}),
+            );
+            self.record(&event, None).await;
+        }
+        Ok(())
     }
 
     pub async fn delete_user(&self, caller: &Principal, uid: &str) -> Result<(), Error> {

@@ -133,7 +133,15 @@ impl ApiKeys<'_> {
                 expires: expires.as_deref(),
             },
         )?;
-        self.store.create_api_key(&key, &notice).await?;
+        let user = &principal.user;
+        let audit = self.audit_event(
+            "api_key_created",
+            Some(user),
+            Some(user),
+            client,
+            serde_json::json!({"key_id": id, "scopes": Scope::join(&key.scopes)}),
+        );
+        self.store.create_api_key(&key, &notice, &audit).await?;
         self.mail_wake.notify_one();
         tracing::info!(user = %principal.user.uid, key = %id, "API key created");
         Ok(CreatedKey {
@@ -154,16 +162,29 @@ impl ApiKeys<'_> {
         Ok(self.store.list_api_keys(principal.user.db_id).await?)
     }
 
-    pub async fn delete(&self, principal: &Principal, id: &str) -> Result<(), Error> {
+    pub async fn delete(
+        &self,
+        principal: &Principal,
+        id: &str,
+        client: &ClientInfo,
+    ) -> Result<(), Error> {
         principal.session_id()?;
         let well_formed = id.len() == ID_LEN && id.chars().all(|c| c.is_ascii_hexdigit());
+        let user = &principal.user;
+        let audit = self.audit_event(
+            "api_key_revoked",
+            Some(user),
+            Some(user),
+            client,
+            serde_json::json!({"key_id": id}),
+        );
         if well_formed
             && self
                 .store
-                .delete_api_key(principal.user.db_id, &ApiKeyId::new(id))
+                .delete_api_key(user.db_id, &ApiKeyId::new(id), &audit)
                 .await?
         {
-            tracing::info!(user = %principal.user.uid, key = %id, "API key deleted");
+            tracing::info!(user = %user.uid, key = %id, "API key deleted");
             Ok(())
         } else {
             Err(Error::NotFound("API key"))

@@ -3,6 +3,9 @@
 mod accounts;
 mod admin;
 mod api_keys;
+pub mod audit;
+pub mod mfa;
+mod notices;
 pub mod password;
 mod protection;
 mod recovery;
@@ -113,6 +116,8 @@ pub struct Auth {
     pub(crate) background: Background,
     /// For the identity providers of social sign-in: timeouts, no redirects followed.
     pub(crate) sso_http: reqwest::Client,
+    /// Seals TOTP secrets at rest.
+    pub(crate) sealing: mfa::SealingKey,
 }
 
 impl Auth {
@@ -172,6 +177,16 @@ concern!(
     /// Social sign-in: flows, the one-time code exchange, linked identities.
     SocialSignIn,
     sso
+);
+concern!(
+    /// Two-factor authentication: setting it up, turning it off, and sign-in's second step.
+    Mfa,
+    mfa
+);
+concern!(
+    /// Reading the audit log.
+    Audit,
+    audit
 );
 
 /// Identifiers are compared lower-cased, trimmed, without NUL characters, at most 200 characters.

@@ -83,8 +83,37 @@ impl Auth {
             Reservation::Refused { oldest } => {
                 metrics::counter!("authflow_sign_in_refused_total").increment(1);
                 tracing::info!("sign-in refused by a failure limit");
+                if let Some(user) = account {
+                    self.record_lockout(user, client, now - time::duration(limits.login_window))
+                        .await;
+                }
                 Err(retry_after(Some(oldest), limits.login_window, now))
             }
+        }
+    }
+
+    /// A lockout is recorded once per account, address and window: refused attempts write
+    /// nothing else, and a flood of them must not grow the log.
+    async fn record_lockout(&self, user: &User, client: &ClientInfo, since: Timestamp) {
+        let ip = ip_key(client);
+        match self
+            .store
+            .audit_exists_since("sign_in_locked", &user.uid, &ip, since)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                let mut event = self.audit_event(
+                    "sign_in_locked",
+                    None,
+                    Some(user),
+                    client,
+                    serde_json::json!({}),
+                );
+                event.ip = Some(ip);
+                self.record(&event, None).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not check the audit log"),
         }
     }
 
@@ -110,6 +139,7 @@ impl Auth {
             Prune::FinishedEmails {
                 before: now - ENDED_KEPT,
             },
+            Prune::ExpiredMfaTokens { now },
         ];
         let mut total = 0;
         for kind in kinds {
@@ -171,11 +201,21 @@ impl Auth {
             },
             _ => (serde_json::json!({"ip": ip}), None),
         };
+        let audit = account.map(|user| {
+            let kind = match result {
+                AttemptResult::Succeeded => "sign_in",
+                AttemptResult::Failed => "sign_in_failed",
+                AttemptResult::EmailNotVerified => "sign_in_refused_unverified",
+            };
+            let actor = result.succeeded().then_some(user);
+            self.audit_event(kind, actor, Some(user), client, serde_json::json!({}))
+        });
         let outcome = AttemptOutcome {
             attempt_id: attempt,
             result,
             ip,
             now: self.clock.now(),
+            audit,
             account: account.map(|user| AccountAttempt {
                 user_db_id: user.db_id,
                 location,
@@ -208,6 +248,26 @@ impl Auth {
         Ok(())
     }
 
+    /// As [`Self::finish_attempt`], recorded in the audit log as `kind` (`None`: not at all).
+    pub(super) async fn finish_attempt_as(
+        &self,
+        attempt: AttemptId,
+        client: &ClientInfo,
+        account: Option<&User>,
+        result: AttemptResult,
+        kind: impl Into<Option<&'static str>>,
+    ) -> Result<(), Error> {
+        let (mut outcome, lookup) = self.outcome(attempt, client, account, result);
+        match (kind.into(), outcome.audit.as_mut()) {
+            (Some(kind), Some(audit)) => audit.kind = kind,
+            (None, _) => outcome.audit = None,
+            _ => {}
+        }
+        let log_id = self.store.finish_sign_in(&outcome).await?;
+        self.locate_later(log_id, lookup);
+        Ok(())
+    }
+
     /// Checks the signed-in user's password again (account deletion, password change), under
     /// the same limits and records as a sign-in: a stolen session cannot guess it freely.
     pub(super) async fn verify_current_password(
@@ -229,12 +289,12 @@ impl Auth {
             self.passwords.verify(password, stored).await?,
             super::password::Verification::Valid { .. }
         );
-        let result = if valid {
-            AttemptResult::Succeeded
+        let (result, kind) = if valid {
+            (AttemptResult::Succeeded, None)
         } else {
-            AttemptResult::Failed
+            (AttemptResult::Failed, Some("password_check_failed"))
         };
-        self.finish_attempt(attempt, client, Some(user), result)
+        self.finish_attempt_as(attempt, client, Some(user), result, kind)
             .await?;
         if valid {
             Ok(())

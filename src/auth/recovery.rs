@@ -118,7 +118,7 @@ impl Auth {
         });
     }
 
-    async fn send_reset(&self, address: &str) -> Result<(), Error> {
+    pub(super) async fn send_reset(&self, address: &str) -> Result<(), Error> {
         let Some(user) = self.account_for_address(address).await? else {
             return Ok(());
         };
@@ -198,7 +198,12 @@ impl Recovery<'_> {
         Ok(user.is_some())
     }
 
-    pub async fn reset_password(&self, token: &str, password: &str) -> Result<(), Error> {
+    pub async fn reset_password(
+        &self,
+        token: &str,
+        password: &str,
+        client: &ClientInfo,
+    ) -> Result<(), Error> {
         required("token", token)?;
         let hash = digest(token.trim());
         let user = self
@@ -216,9 +221,16 @@ impl Recovery<'_> {
             .map_err(|m| Error::Validation(vec![FieldError::new("password", m)]))?;
         let password_hash = self.passwords.hash(password.expose().to_owned()).await?;
         let notice = self.render(&user.email, &Email::PasswordChanged { name: &user.name })?;
+        let audit = self.audit_event(
+            "password_reset",
+            Some(&user),
+            Some(&user),
+            client,
+            serde_json::json!({"sessions_revoked": true, "api_keys_revoked": true}),
+        );
         // The token is used inside the transaction: of two concurrent resets, one wins.
         self.store
-            .reset_password(&hash, &password_hash, &notice, self.clock.now())
+            .reset_password(&hash, &password_hash, &notice, &audit, self.clock.now())
             .await?
             .ok_or(Error::InvalidToken)?;
         self.mail_wake.notify_one();
@@ -275,12 +287,20 @@ impl Recovery<'_> {
         self.verify_current_password(user, current, client).await?;
         let password_hash = self.passwords.hash(new.expose().to_owned()).await?;
         let notice = self.render(&user.email, &Email::PasswordChanged { name: &user.name })?;
+        let audit = self.audit_event(
+            "password_changed",
+            Some(user),
+            Some(user),
+            client,
+            serde_json::json!({"other_sessions_revoked": true}),
+        );
         self.store
             .change_password(
                 user.db_id,
                 &password_hash,
                 principal.session_id()?,
                 &notice,
+                &audit,
                 self.clock.now(),
             )
             .await?;

@@ -11,7 +11,7 @@ impl Sessions<'_> {
         identifier: &str,
         password: String,
         client: ClientInfo,
-    ) -> Result<IssuedTokens, Error> {
+    ) -> Result<mfa::SignIn, Error> {
         let identifier = normalize_identifier(identifier);
         let mut errors = ValidationErrors::default();
         if identifier.is_empty() {
@@ -58,22 +58,13 @@ impl Sessions<'_> {
                 self.rehash_in_background(user.db_id, old, password);
             }
         }
-        self.finish_sign_in(user, client, attempt, "password").await
-    }
-
-    /// Where every successful sign-in ends, whatever proved who it is (`method`: `password`,
-    /// `github`, `google`, `oidc:<name>`, recorded in the sign-in history): the one place to
-    /// add a step that every sign-in must pass.
-    pub(crate) async fn finish_sign_in(
-        &self,
-        user: User,
-        client: ClientInfo,
-        attempt: protection::AttemptId,
-        method: &str,
-    ) -> Result<IssuedTokens, Error> {
-        let tokens = self.start_session(user, client, attempt, method).await?;
-        tracing::info!(user = %tokens.user.uid, session = %tokens.session_id, method, "signed in");
-        Ok(tokens)
+        let outcome = self
+            .complete_sign_in(user, client, attempt, "password")
+            .await?;
+        if let mfa::SignIn::Done(tokens) = &outcome {
+            tracing::info!(user = %tokens.user.uid, session = %tokens.session_id, "signed in");
+        }
+        Ok(outcome)
     }
 
     /// Legacy bcrypt (or weaker argon2) hashes are upgraded after the answer is sent.
@@ -94,8 +85,9 @@ impl Sessions<'_> {
         });
     }
 
-    /// Opens the session and records the successful attempt, in one transaction.
-    async fn start_session(
+    /// Opens the session and records the successful attempt, in one transaction. Only the
+    /// gate of two-factor authentication (`Auth::complete_sign_in`) and its second step call it.
+    pub(super) async fn start_session(
         &self,
         mut user: User,
         client: ClientInfo,
@@ -130,7 +122,7 @@ impl Sessions<'_> {
                 &outcome,
             )
             .await?;
-        self.locate_later(log_id, lookup);
+        self.locate_and_notice(&user, &session_id, log_id, lookup);
         user.last_login = Some(now);
         self.issue(user, session_id, session_cookie, refresh_token, now)
     }
@@ -155,7 +147,11 @@ impl Sessions<'_> {
     }
 
     /// Rotates the refresh token (and the session cookie); a replayed one kills the session.
-    pub async fn refresh(&self, refresh_token: &str) -> Result<IssuedTokens, Error> {
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        client: &ClientInfo,
+    ) -> Result<IssuedTokens, Error> {
         if refresh_token.is_empty() {
             return Err(Error::Validation(vec![crate::error::FieldError::new(
                 "refresh_token",
@@ -186,6 +182,19 @@ impl Sessions<'_> {
             }
             RefreshOutcome::Reused => {
                 tracing::warn!("a rotated refresh token was presented again; session revoked");
+                let owner = self
+                    .store
+                    .refresh_token_owner(&digest(refresh_token))
+                    .await?;
+                let mut event = self.audit_event(
+                    "refresh_token_reused",
+                    None,
+                    None,
+                    client,
+                    serde_json::json!({"session_revoked": true}),
+                );
+                event.target = owner;
+                self.record(&event, None).await;
                 Err(Error::RefreshTokenReused)
             }
             RefreshOutcome::Invalid => Err(Error::Unauthorized),

@@ -96,7 +96,7 @@ pub enum Landing {
     /// Signed in through the API flow: the one-time code for `POST /api/auth/sso/exchange`.
     Code(String),
     /// Signed in through the pages' flow: the session is open.
-    SignedIn(Box<IssuedTokens>),
+    SignedIn(super::mfa::SignIn),
     /// The identity is now linked to the signed-in account (`slug`).
     Linked(String),
 }
@@ -493,11 +493,10 @@ impl SocialSignIn<'_> {
         };
         let (user, attempt) = user;
         if pages {
-            let tokens = self
-                .sessions()
-                .finish_sign_in(user, client, attempt, &method)
+            let outcome = self
+                .complete_sign_in(user, client, attempt, &method)
                 .await?;
-            return Ok(Landing::SignedIn(Box::new(tokens)));
+            return Ok(Landing::SignedIn(outcome));
         }
         let code = random_token();
         self.store
@@ -588,7 +587,11 @@ impl SocialSignIn<'_> {
     }
 
     /// `POST /api/auth/sso/exchange`: the callback's one-time code for the sign-in answer.
-    pub async fn exchange(&self, code: &str, client: ClientInfo) -> Result<IssuedTokens, Error> {
+    pub async fn exchange(
+        &self,
+        code: &str,
+        client: ClientInfo,
+    ) -> Result<super::mfa::SignIn, Error> {
         let code = code.trim();
         if code.is_empty() {
             return Err(Error::Validation(vec![FieldError::new(
@@ -610,8 +613,7 @@ impl SocialSignIn<'_> {
                 .await?;
             return Err(ACCOUNT_DISABLED);
         };
-        self.sessions()
-            .finish_sign_in(user, client, found.attempt, &found.method)
+        self.complete_sign_in(user, client, found.attempt, &found.method)
             .await
     }
 

@@ -116,6 +116,10 @@ pub struct Config {
     pub http_redirect_port: Option<u16>,
     /// Social sign-in providers (SPEC §11); none by default.
     pub sso: sso::SsoProviders,
+    /// `MFA_ENCRYPTION_KEY`: seals TOTP secrets at rest; unset: derived from the signing key.
+    pub mfa_encryption_key: Option<Secret>,
+    /// `NEW_SIGNIN_ALERTS`: email a notice of a sign-in from a new device or location.
+    pub new_signin_alerts: bool,
 }
 
 /// Far beyond what one process can hold open; a larger value is a typo.
@@ -292,6 +296,8 @@ impl Config {
                 .url("IPINFO_URL")?
                 .unwrap_or_else(|| "https://ipinfo.io".to_owned()),
             sso: sso::SsoProviders::from_vars(&vars)?,
+            mfa_encryption_key: vars.key("MFA_ENCRYPTION_KEY")?,
+            new_signin_alerts: vars.boolean("NEW_SIGNIN_ALERTS", true)?,
         })
     }
 

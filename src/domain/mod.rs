@@ -389,9 +389,18 @@ mod tests {
     fn phones() {
         assert!(Phone::parse("").unwrap().is_none());
         assert!(Phone::parse("   ").unwrap().is_none());
-        assert_eq!(Phone::parse(" 5551234 ").unwrap().unwrap().as_str(), "5551234");
-        assert!(Phone::parse("\t").is_err(), "only spaces are trimmed, as the schema allows");
-        assert!(Phone::parse("  555-123-456789  ").is_err(), "the length counts the spaces");
+        assert_eq!(
+            Phone::parse(" 5551234 ").unwrap().unwrap().as_str(),
+            "5551234"
+        );
+        assert!(
+            Phone::parse("\t").is_err(),
+            "only spaces are trimmed, as the schema allows"
+        );
+        assert!(
+            Phone::parse("  555-123-456789  ").is_err(),
+            "the length counts the spaces"
+        );
         assert!(Phone::parse("+1 (555) 123-45").unwrap().is_some());
         assert!(Phone::parse("+1 555 123 45678").is_err());
         assert!(Phone::parse("call me").is_err());

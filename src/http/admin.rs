@@ -9,7 +9,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ErrorEnvelope;
-use super::extract::{ApiJson, Caller};
+use super::extract::{ApiJson, Caller, Client};
 use super::{AppState, MessageResponse, UserView};
 use crate::error::{Error, FieldError};
 use crate::store::{AdminChange, Role};
@@ -121,6 +121,7 @@ async fn get_user(
 async fn update_user(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    Client(client): Client,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<AdminUpdateRequest>,
 ) -> Result<Json<UserView>, Error> {
@@ -130,7 +131,11 @@ async fn update_user(
         email_verified: body.email_verified,
     };
     Ok(Json(UserView::from(
-        &state.auth.admin().update_user(&caller, &id, change).await?,
+        &state
+            .auth
+            .admin()
+            .update_user(&caller, &id, change, &client)
+            .await?,
     )))
 }
 

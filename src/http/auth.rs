@@ -12,6 +12,7 @@ use utoipa_axum::routes;
 use super::error::ErrorEnvelope;
 use super::extract::{ApiJson, AuthUser, Caller, Client, OptionalApiJson, SESSION_COOKIE};
 use super::{AppState, MessageResponse, UserView};
+use crate::auth::mfa::SignIn;
 use crate::auth::IssuedTokens;
 use crate::error::Error;
 
@@ -104,6 +105,40 @@ pub(super) fn session_cookie(state: &AppState, value: &str, max_age_secs: u64) -
     HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// With two factors on, the password alone leads here: no token, no cookie.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MfaRequiredResponse {
+    /// Always true.
+    pub mfa_required: bool,
+    /// For `POST /api/auth/mfa/verify`; lives 5 minutes, single use, dead after 5 wrong codes.
+    pub mfa_token: String,
+    /// `totp` and `recovery_code`.
+    pub methods: Vec<String>,
+}
+
+/// The answer of a sign-in: the session, or the second step. Only the OpenAPI document uses
+/// it (`oneOf`); the handler answers each shape by itself.
+#[allow(dead_code, clippy::large_enum_variant)]
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum SignInAnswer {
+    SignedIn(SignInResponse),
+    MfaRequired(MfaRequiredResponse),
+}
+
+/// The answer to a first factor that passed: tokens and cookie, or the second step.
+pub(super) fn first_factor_passed(state: &AppState, outcome: SignIn) -> Response {
+    match outcome {
+        SignIn::Done(tokens) => signed_in(state, *tokens, "Login successful!"),
+        SignIn::MfaRequired { mfa_token } => Json(MfaRequiredResponse {
+            mfa_required: true,
+            mfa_token,
+            methods: crate::auth::mfa::METHODS.map(String::from).to_vec(),
+        })
+        .into_response(),
+    }
+}
+
 pub(super) fn signed_in(state: &AppState, tokens: IssuedTokens, message: &str) -> Response {
     let user = UserView::from(&tokens.user);
     let cookie = session_cookie(
@@ -130,7 +165,7 @@ pub(super) fn signed_in(state: &AppState, tokens: IssuedTokens, message: &str) -
 /// Sign in with username (or email) and password.
 #[utoipa::path(post, path = "/signin", tag = "auth", request_body = SignInRequest,
     responses(
-        (status = 200, description = "Signed in; also sets the `auth.sid` cookie", body = SignInResponse),
+        (status = 200, description = "Signed in (also sets the `auth.sid` cookie), or, with two-factor authentication on, `mfa_required` with an `mfa_token` for `POST /api/auth/mfa/verify` (no token, no cookie)", body = SignInAnswer),
         (status = 400, description = "validation_failed (no username or email, no password) or invalid_body", body = ErrorEnvelope),
         (status = 401, description = "invalid_credentials: unknown account, wrong password or deactivated account alike", body = ErrorEnvelope),
         (status = 403, description = "email_not_verified", body = ErrorEnvelope),
@@ -141,12 +176,12 @@ async fn signin(
     ApiJson(body): ApiJson<SignInRequest>,
 ) -> Result<Response, Error> {
     let identifier = body.username.or(body.email).unwrap_or_default();
-    let tokens = state
+    let outcome = state
         .auth
         .sessions()
         .sign_in(&identifier, body.password, client)
         .await?;
-    Ok(signed_in(&state, tokens, "Login successful!"))
+    Ok(first_factor_passed(&state, outcome))
 }
 
 /// The signed-in user (the old service's profile route).
@@ -168,12 +203,13 @@ async fn me(
         (status = 401, description = "unauthorized (unknown, expired or revoked refresh token), or refresh_token_reused (the session is revoked)", body = ErrorEnvelope)))]
 async fn refresh(
     State(state): State<AppState>,
+    Client(client): Client,
     ApiJson(body): ApiJson<RefreshRequest>,
 ) -> Result<Response, Error> {
     let tokens = state
         .auth
         .sessions()
-        .refresh(body.refresh_token.trim())
+        .refresh(body.refresh_token.trim(), &client)
         .await?;
     Ok(signed_in(&state, tokens, "Token refreshed"))
 }

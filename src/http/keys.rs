@@ -150,8 +150,9 @@ async fn list_keys(
 async fn delete_key(
     State(state): State<AppState>,
     AuthUser(principal): AuthUser,
+    Client(client): Client,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Error> {
-    state.auth.keys().delete(&principal, &id).await?;
+    state.auth.keys().delete(&principal, &id, &client).await?;
     Ok(StatusCode::NO_CONTENT)
 }

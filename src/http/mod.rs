@@ -7,10 +7,11 @@ mod docs;
 pub mod error;
 pub mod extract;
 mod keys;
+mod mfa;
 mod pages;
 mod password;
 pub mod redirect;
-mod sso;
+pub(crate) mod sso;
 mod users;
 
 use std::sync::Arc;
@@ -190,6 +191,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .nest("/api/admin", admin::router())
         .merge(keys::router())
         .merge(sso::router())
+        .merge(mfa::router())
 }
 
 /// A client's `X-Request-Id` is kept only if it is 1–64 of `[A-Za-z0-9._-]`: it is written

@@ -97,12 +97,13 @@ async fn forgot_password(
         (status = 400, description = "invalid_token, or validation_failed", body = ErrorEnvelope)))]
 async fn reset_password(
     State(state): State<AppState>,
+    Client(client): Client,
     ApiJson(body): ApiJson<ResetPasswordRequest>,
 ) -> Result<Json<MessageResponse>, Error> {
     state
         .auth
         .recovery()
-        .reset_password(&body.token, &body.password)
+        .reset_password(&body.token, &body.password, &client)
         .await?;
     Ok(message("Password updated successfully!"))
 }

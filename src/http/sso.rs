@@ -17,10 +17,11 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth::{session_cookie, signed_in, SignInResponse};
+use super::auth::{first_factor_passed, session_cookie, SignInAnswer};
 use super::error::ErrorEnvelope;
 use super::extract::{ApiJson, AuthUser, Client};
 use super::AppState;
+use crate::auth::mfa::SignIn;
 use crate::auth::sso::{CallbackParams, Landing, FLOW_COOKIE, FLOW_TTL};
 use crate::error::{Error, FieldError};
 
@@ -152,6 +153,21 @@ fn flow_cookie(state: &AppState, value: &str, max_age_secs: u64) -> HeaderValue 
     HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// Carries the pages' second step from a social sign-in's callback to `GET /signin/mfa`.
+pub(super) const MFA_COOKIE: &str = "authflow.mfa";
+
+fn mfa_cookie(state: &AppState, mfa_token: &str) -> HeaderValue {
+    let secure = if state.config.is_production() {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{MFA_COOKIE}={mfa_token}; HttpOnly; SameSite=Lax; Path=/signin/mfa; Max-Age=300{secure}"
+    );
+    HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
 fn with_param(base: &str, name: &str, value: &str) -> String {
     match url::Url::parse(base) {
         Ok(mut url) => {
@@ -248,7 +264,12 @@ async fn callback(
         (Ok(Landing::Code(code)), Some(to)) => {
             redirect(&with_param(&to, "code", &code), vec![clear])
         }
-        (Ok(Landing::SignedIn(tokens)), _) => {
+        (Ok(Landing::SignedIn(SignIn::MfaRequired { mfa_token })), _) => {
+            // The pages' second step (`GET /signin/mfa`) takes the token from this cookie:
+            // never in a URL.
+            redirect("/signin/mfa", vec![clear, mfa_cookie(&state, &mfa_token)])
+        }
+        (Ok(Landing::SignedIn(SignIn::Done(tokens))), _) => {
             let session = session_cookie(
                 &state,
                 &tokens.session_cookie,
@@ -279,7 +300,7 @@ async fn callback(
 /// Exchange the callback's one-time code for the sign-in answer (60 s, single use).
 #[utoipa::path(post, path = "/api/auth/sso/exchange", tag = "sso", request_body = ExchangeRequest,
     responses(
-        (status = 200, description = "Signed in; also sets the `auth.sid` cookie", body = SignInResponse),
+        (status = 200, description = "Signed in (also sets the `auth.sid` cookie), or, with two-factor on, the second step (`mfa_required`, no token, no cookie)", body = SignInAnswer),
         (status = 400, description = "invalid_token: the code is unknown, used or expired; validation_failed", body = ErrorEnvelope),
         (status = 403, description = "account_disabled: the account was deactivated meanwhile", body = ErrorEnvelope),
         (status = 429, description = "too_many_requests, with Retry-After", body = ErrorEnvelope)))]
@@ -288,8 +309,8 @@ async fn exchange(
     Client(client): Client,
     ApiJson(body): ApiJson<ExchangeRequest>,
 ) -> Result<Response, Error> {
-    let tokens = state.auth.sso().exchange(&body.code, client).await?;
-    Ok(signed_in(&state, tokens, "Login successful!"))
+    let outcome = state.auth.sso().exchange(&body.code, client).await?;
+    Ok(first_factor_passed(&state, outcome))
 }
 
 /// Link a provider to the signed-in account: answers the URL to send the browser to (and

@@ -10,6 +10,12 @@ pub enum EmailKind {
     PasswordChanged,
     ApiKeyCreated,
     NewSignInMethod,
+    /// Security notices of SPEC §13.
+    NewSignIn,
+    TwoFactorEnabled,
+    TwoFactorDisabled,
+    TwoFactorRemovedByAdmin,
+    AccountChangedByAdmin,
 }
 
 impl EmailKind {
@@ -20,6 +26,11 @@ impl EmailKind {
             EmailKind::PasswordChanged => "password_changed",
             EmailKind::ApiKeyCreated => "api_key_created",
             EmailKind::NewSignInMethod => "new_sign_in_method",
+            EmailKind::NewSignIn => "new_sign_in",
+            EmailKind::TwoFactorEnabled => "two_factor_enabled",
+            EmailKind::TwoFactorDisabled => "two_factor_disabled",
+            EmailKind::TwoFactorRemovedByAdmin => "two_factor_removed_by_admin",
+            EmailKind::AccountChangedByAdmin => "account_changed_by_admin",
         }
     }
 }
@@ -55,6 +66,18 @@ pub enum Email<'a> {
         /// The provider's account: its email, or its login.
         account: &'a str,
     },
+    /// A security notice (SPEC §13): what happened, its particulars, and for a new sign-in
+    /// the one-click "this wasn't me" link.
+    Notice {
+        kind: EmailKind,
+        name: &'a str,
+        /// One sentence: what happened.
+        what: &'a str,
+        /// Particulars (time, place, device, who), one per line.
+        facts: &'a [String],
+        /// `(label, url)` of the action for "this wasn't me".
+        action: Option<(&'a str, &'a str)>,
+    },
 }
 
 impl Email<'_> {
@@ -65,6 +88,7 @@ impl Email<'_> {
             Email::PasswordChanged { .. } => EmailKind::PasswordChanged,
             Email::ApiKeyCreated { .. } => EmailKind::ApiKeyCreated,
             Email::NewSignInMethod { .. } => EmailKind::NewSignInMethod,
+            Email::Notice { kind, .. } => *kind,
         }
     }
 }
@@ -155,6 +179,27 @@ pub fn render(email: &Email<'_>) -> Result<Rendered, askama::Error> {
             }
             .render()?,
         ),
+        Email::Notice {
+            kind,
+            name,
+            what,
+            facts,
+            action,
+        } => {
+            let notice = NoticeText {
+                name,
+                what,
+                facts,
+                action,
+            };
+            let html = NoticeHtml {
+                name,
+                what,
+                facts,
+                action,
+            };
+            (notice_subject(kind), notice.render()?, html.render()?)
+        }
     };
     Ok(Rendered {
         kind: email.kind(),
@@ -238,6 +283,39 @@ struct NewSignInMethodHtml<'a> {
     name: &'a str,
     provider: &'a str,
     account: &'a str,
+}
+
+fn notice_subject(kind: EmailKind) -> &'static str {
+    match kind {
+        EmailKind::NewSignIn => "New sign-in to your Auth Flow account",
+        EmailKind::TwoFactorEnabled => "Two-factor authentication is on for your Auth Flow account",
+        EmailKind::TwoFactorDisabled => {
+            "Two-factor authentication was turned off for your Auth Flow account"
+        }
+        EmailKind::TwoFactorRemovedByAdmin => {
+            "An administrator removed two-factor authentication from your Auth Flow account"
+        }
+        EmailKind::AccountChangedByAdmin => "An administrator changed your Auth Flow account",
+        _ => "A security notice about your Auth Flow account",
+    }
+}
+
+#[derive(Template)]
+#[template(path = "email/security_notice.txt")]
+struct NoticeText<'a> {
+    name: &'a str,
+    what: &'a str,
+    facts: &'a [String],
+    action: Option<(&'a str, &'a str)>,
+}
+
+#[derive(Template)]
+#[template(path = "email/security_notice.html")]
+struct NoticeHtml<'a> {
+    name: &'a str,
+    what: &'a str,
+    facts: &'a [String],
+    action: Option<(&'a str, &'a str)>,
 }
 
 #[cfg(test)]

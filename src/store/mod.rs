@@ -283,6 +283,8 @@ pub struct AttemptOutcome {
     /// How the sign-in was made, for the history: `password`, `github`, `google`,
     /// `oidc:<name>`.
     pub method: String,
+    /// Its audit entry, written in the same transaction.
+    pub audit: Option<NewAuditEvent>,
 }
 
 #[derive(Debug, Clone)]
@@ -362,6 +364,73 @@ pub struct UserPage {
 pub struct RateKey<'a> {
     pub key: &'a str,
     pub limit: i64,
+}
+
+/// An entry of the audit log (SPEC §13), about to be written.
+#[derive(Debug, Clone)]
+pub struct NewAuditEvent {
+    pub kind: &'static str,
+    /// Who did it (`None`: no signed-in person, e.g. a failed sign-in).
+    pub actor: Option<UserUid>,
+    /// Whose account it concerns.
+    pub target: Option<UserUid>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub details: serde_json::Value,
+    pub now: Timestamp,
+}
+
+/// An entry of the audit log as read back.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    pub id: i64,
+    pub created_at: Timestamp,
+    pub kind: String,
+    pub actor: Option<String>,
+    pub target: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub details: serde_json::Value,
+}
+
+/// Which audit entries to read; every `Some` narrows.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Entries whose target (or, with `or_actor`, actor) is this user.
+    pub user: Option<UserUid>,
+    pub or_actor: bool,
+    pub kind: Option<String>,
+    pub from: Option<Timestamp>,
+    pub to: Option<Timestamp>,
+}
+
+/// A TOTP secret as stored: sealed; in force once confirmed.
+#[derive(Debug, Clone)]
+pub struct TotpRecord {
+    pub secret_sealed: String,
+    pub confirmed: bool,
+    pub last_step: Option<i64>,
+}
+
+/// The second step of a sign-in waiting for its code.
+#[derive(Debug, Clone)]
+pub struct MfaChallenge {
+    pub user_db_id: UserId,
+    /// The first factor's attempt this step completes.
+    pub attempt_id: AttemptId,
+    /// How the first factor was proved: `password`, or a social sign-in's provider.
+    pub method: String,
+    pub failures: i32,
+}
+
+/// A "this wasn't me" link of a new-sign-in notice.
+#[derive(Debug, Clone)]
+pub struct NewSignInNotice {
+    pub token_hash: String,
+    pub user_db_id: UserId,
+    pub session_id: SessionId,
+    pub now: Timestamp,
+    pub expires_at: Timestamp,
 }
 
 /// Everything the service keeps. Implementations turn unique-key violations into
@@ -472,6 +541,7 @@ pub trait Store: Send + Sync + 'static {
         hash: &str,
         password_hash: &str,
         notice: &NewEmail,
+        audit: &NewAuditEvent,
         now: Timestamp,
     ) -> Result<Option<User>, StoreError>;
     /// Whether the account of an email-verification token (used or not) is verified: a link
@@ -486,6 +556,7 @@ pub trait Store: Send + Sync + 'static {
         password_hash: &str,
         keep_session: &SessionId,
         notice: &NewEmail,
+        audit: &NewAuditEvent,
         now: Timestamp,
     ) -> Result<(), StoreError>;
 
@@ -546,14 +617,21 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<User, StoreError>;
 
     /// Stores the key and queues its notice email, atomically.
-    async fn create_api_key(&self, key: &NewApiKey, notice: &NewEmail) -> Result<(), StoreError>;
+    async fn create_api_key(
+        &self,
+        key: &NewApiKey,
+        notice: &NewEmail,
+        audit: &NewAuditEvent,
+    ) -> Result<(), StoreError>;
     /// Newest first.
     async fn list_api_keys(&self, user_db_id: UserId) -> Result<Vec<ApiKey>, StoreError>;
     /// `false` when the user has no such key.
+    /// With its audit entry, atomically (none when there was no such key).
     async fn delete_api_key(
         &self,
         user_db_id: UserId,
         key_id: &ApiKeyId,
+        audit: &NewAuditEvent,
     ) -> Result<bool, StoreError>;
     /// The key and its owner if the key exists, has not expired and the owner is active: one
     /// round trip.
@@ -622,6 +700,114 @@ pub trait Store: Send + Sync + 'static {
     async fn create_sso_code(&self, code: &NewSsoCode) -> Result<(), StoreError>;
     /// Removes and returns the code of this digest (single use); the caller checks expiry.
     async fn take_sso_code(&self, code_hash: &str) -> Result<Option<SsoCode>, StoreError>;
+
+    // Two-factor authentication (SPEC §13).
+    async fn totp(&self, user_db_id: UserId) -> Result<Option<TotpRecord>, StoreError>;
+    /// Replaces an unconfirmed secret (or creates one); `false` when one is already in force.
+    async fn begin_totp(
+        &self,
+        user_db_id: UserId,
+        sealed: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+    /// Puts the unconfirmed secret in force with `step` as used, replaces the recovery codes,
+    /// and writes the audit entry and notice, in one transaction; `false` if nothing was pending.
+    async fn confirm_totp(
+        &self,
+        user_db_id: UserId,
+        step: i64,
+        recovery_hashes: &[String],
+        audit: &NewAuditEvent,
+        notice: &NewEmail,
+    ) -> Result<bool, StoreError>;
+    /// Records `step` as used if it is later than the last used one: `false` is a replay.
+    async fn accept_totp_step(&self, user_db_id: UserId, step: i64) -> Result<bool, StoreError>;
+    /// Uses a recovery code once; `false` when unknown or used.
+    async fn use_recovery_code(
+        &self,
+        user_db_id: UserId,
+        hash: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+    async fn recovery_codes_left(&self, user_db_id: UserId) -> Result<i64, StoreError>;
+    /// Removes the secret and recovery codes with the audit entry and notice, atomically;
+    /// `false` when two-factor was not on.
+    async fn remove_totp(
+        &self,
+        user_db_id: UserId,
+        audit: &NewAuditEvent,
+        notice: &NewEmail,
+    ) -> Result<bool, StoreError>;
+    async fn create_mfa_challenge(
+        &self,
+        hash: &str,
+        challenge: &MfaChallenge,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// The challenge if unused, unexpired and with fewer than `max_failures` wrong codes.
+    async fn mfa_challenge(
+        &self,
+        hash: &str,
+        now: Timestamp,
+        max_failures: i32,
+    ) -> Result<Option<MfaChallenge>, StoreError>;
+    async fn fail_mfa_challenge(&self, hash: &str) -> Result<(), StoreError>;
+    /// Single use under concurrency: `false` when already used.
+    async fn use_mfa_challenge(&self, hash: &str, now: Timestamp) -> Result<bool, StoreError>;
+
+    // Audit log and security notices (SPEC §13).
+    /// Appends the entry, with its notice if any, in one transaction.
+    async fn record_audit(
+        &self,
+        event: &NewAuditEvent,
+        notice: Option<&NewEmail>,
+    ) -> Result<(), StoreError>;
+    /// Newest first, with the count of all that match.
+    async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<AuditEvent>, i64), StoreError>;
+    /// Whether an entry of `kind` about `target` from `ip` exists since `since`.
+    async fn audit_exists_since(
+        &self,
+        kind: &str,
+        target: &UserUid,
+        ip: &str,
+        since: Timestamp,
+    ) -> Result<bool, StoreError>;
+    /// Location and user agent of the account's successful sign-ins other than `except`,
+    /// newest first.
+    async fn earlier_sign_ins(
+        &self,
+        user_db_id: UserId,
+        except: LocationLogId,
+        limit: i64,
+    ) -> Result<Vec<LoginRecord>, StoreError>;
+    /// The location recorded for one history row.
+    async fn sign_in_location(
+        &self,
+        log_id: LocationLogId,
+    ) -> Result<Option<LoginRecord>, StoreError>;
+    /// Stores the "this wasn't me" link with its notice email, atomically.
+    async fn create_sign_in_notice(
+        &self,
+        notice: &NewSignInNotice,
+        email: &NewEmail,
+    ) -> Result<(), StoreError>;
+    /// Uses the link once and ends every session of its account, with the audit entry, in
+    /// one transaction (the entry's `actor` and `target` become the account); the account, or
+    /// `None` when unknown, used or expired.
+    async fn use_sign_in_notice(
+        &self,
+        hash: &str,
+        now: Timestamp,
+        audit: &NewAuditEvent,
+    ) -> Result<Option<User>, StoreError>;
+    /// The account of a refresh token (rotated or not), for the record of its reuse.
+    async fn refresh_token_owner(&self, hash: &str) -> Result<Option<UserUid>, StoreError>;
 }
 
 /// A social identity to store: `provider` is the sign-in method (`github`, `google`,
@@ -709,6 +895,9 @@ pub enum Prune {
     EndedSessions { before: Timestamp },
     /// Delivered or given-up emails created before `before`.
     FinishedEmails { before: Timestamp },
+    /// Second-step challenges and "this wasn't me" links that expired before `now` (used or
+    /// not: a used one is single-use by its `used_at`, an expired one by its `expires_at`).
+    ExpiredMfaTokens { now: Timestamp },
 }
 
 /// Connects to the database named by the configuration and brings its schema up to date.

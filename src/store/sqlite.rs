@@ -186,6 +186,7 @@ mod tests {
             now: session.now,
             account: None,
             method: "password".into(),
+            audit: None,
         };
         s.start_session(session, &outcome).await.unwrap();
     }

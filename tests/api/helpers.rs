@@ -557,6 +557,11 @@ impl TestApp {
         self.clock.advance(by);
     }
 
+    /// The server's time, as Unix seconds (what its TOTP codes are judged at).
+    pub fn server_now(&self) -> i64 {
+        self.clock.now().timestamp()
+    }
+
     /// Waits until the server's background work (rehashes, location lookups, session and
     /// key touches, emails queued after an answer) has finished.
     pub async fn settled(&self) {

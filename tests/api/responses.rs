@@ -216,3 +216,48 @@ pub struct LinkedIdentity {
 pub struct LinkUrl {
     pub url: String,
 }
+
+/// Sign-in's answer when two-factor is on (SPEC §13).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MfaRequired {
+    pub mfa_required: bool,
+    pub mfa_token: String,
+    pub methods: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TotpSetup {
+    pub secret: String,
+    pub otpauth_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryCodes {
+    pub recovery_codes: Vec<String>,
+}
+
+/// A page of the audit log (one's security events, or the administrators' list).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditList {
+    pub events: Vec<AuditEvent>,
+    pub page: i64,
+    pub per_page: i64,
+    pub total: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEvent {
+    pub id: i64,
+    pub created_at: String,
+    pub kind: String,
+    pub actor: Option<String>,
+    pub target: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub details: Value,
+}

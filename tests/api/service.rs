@@ -217,6 +217,15 @@ async fn openapi_describes_every_route(backend: Backend) {
         ("post", "/api/auth/sso/{provider}/link"),
         ("get", "/api/users/me/identities"),
         ("delete", "/api/users/me/identities/{provider}"),
+        // Two-factor, notices and the audit log (SPEC §13).
+        ("post", "/api/auth/mfa/totp/setup"),
+        ("post", "/api/auth/mfa/totp/confirm"),
+        ("delete", "/api/auth/mfa/totp"),
+        ("post", "/api/auth/mfa/verify"),
+        ("post", "/api/auth/not-me"),
+        ("get", "/api/users/me/security-events"),
+        ("get", "/api/admin/audit"),
+        ("delete", "/api/admin/users/{id}/mfa"),
     ];
     let documented: usize = doc["paths"]
         .as_object()
@@ -238,6 +247,13 @@ async fn openapi_describes_every_route(backend: Backend) {
         assert!(op["responses"].is_object());
     }
     let signin = &doc["paths"]["/api/auth/signin"]["post"];
+    // Sign-in answers tokens or, with two-factor on, the second step: both shapes, exactly.
+    let answer = &doc["components"]["schemas"]["SignInAnswer"]["oneOf"];
+    assert_eq!(answer.as_array().map(Vec::len), Some(2), "{answer}");
+    assert_eq!(
+        signin["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/SignInAnswer"
+    );
     assert!(signin["requestBody"]["content"]["application/json"]["schema"].is_object());
     for schema in [
         "SignInRequest",

@@ -59,7 +59,14 @@ struct AccountPage {
     new_key: Option<String>,
     /// Linked social sign-in methods and those that can be linked (`_identities.html`).
     sso: super::sso::SsoSection,
+    /// Two-factor authentication (templates/pages/_mfa.html).
+    mfa: super::mfa::MfaSection,
+    /// Security events (templates/pages/_security_events.html).
+    events: Vec<super::mfa::EventRow>,
 }
+
+/// How many security events the account page shows.
+const EVENTS_SHOWN: i64 = 20;
 
 /// "2024-05-01 12:30 UTC": readable at a glance.
 fn when(t: crate::time::Timestamp) -> String {
@@ -104,6 +111,13 @@ async fn account_page(
         .await?;
     let keys = state.auth.keys().list(principal).await?;
     let sso = super::sso::section(state, principal).await?;
+    let (mfa_on, codes_left) = state.auth.mfa().status(principal).await?;
+    let events = state
+        .auth
+        .audit()
+        .own_events(principal, 1, EVENTS_SHOWN)
+        .await?
+        .events;
     let user = &principal.user;
     Ok(AccountPage {
         page: visit.ctx(),
@@ -154,7 +168,38 @@ async fn account_page(
         error,
         new_key,
         sso,
+        mfa: super::mfa::MfaSection {
+            enabled: mfa_on,
+            codes_left,
+            ..Default::default()
+        },
+        events: events.into_iter().map(Into::into).collect(),
     })
+}
+
+/// The account page with what the two-factor forms just produced (a secret to confirm, or
+/// recovery codes to keep).
+pub(super) async fn show_with_mfa(
+    state: &AppState,
+    visit: &Visit,
+    principal: &Principal,
+    status: StatusCode,
+    notice: Option<&'static str>,
+    error: Option<String>,
+    mfa: super::mfa::MfaSection,
+) -> Response {
+    match account_page(state, visit, principal, notice, error, None).await {
+        Ok(mut page) => {
+            if mfa.setup.is_some() {
+                page.mfa.setup = mfa.setup;
+            }
+            if !mfa.recovery_codes.is_empty() {
+                page.mfa.recovery_codes = mfa.recovery_codes;
+            }
+            visit.render(status, &page)
+        }
+        Err(e) => visit.error(e),
+    }
 }
 
 /// The account page, or why it cannot be shown.
@@ -186,6 +231,7 @@ fn notice(code: &str) -> Option<&'static str> {
         "password" => "Your password is changed. Your other sessions were signed out.",
         "session" => "That session is signed out.",
         "key-revoked" => "The key is revoked.",
+        "mfa-off" => "Two-factor authentication is off.",
         _ => return None,
     })
 }
@@ -345,10 +391,15 @@ pub async fn create_key(
     }
 }
 
-pub async fn revoke_key(State(state): State<AppState>, visit: Visit, form: PageForm) -> Response {
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    visit: Visit,
+    Client(client): Client,
+    form: PageForm,
+) -> Response {
     let auth = state.auth.clone();
     change(&state, &visit, "key-revoked", |p| async move {
-        auth.keys().delete(&p, form.get("id")).await
+        auth.keys().delete(&p, form.get("id"), &client).await
     })
     .await
 }

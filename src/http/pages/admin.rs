@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::{see_other, PageCtx, PageForm, Visit};
 use crate::error::Error;
-use crate::http::extract::optional_whole_number;
+use crate::http::extract::{optional_whole_number, Client};
 use crate::http::AppState;
 use crate::store::{AdminChange, Role};
 
@@ -37,7 +37,12 @@ struct AdminPage {
     notice: Option<&'static str>,
     prev_href: Option<String>,
     next_href: Option<String>,
+    /// The newest audit entries (templates/pages/_audit.html).
+    audit: Vec<super::mfa::EventRow>,
 }
+
+/// How many audit entries the administration page shows (the API pages through all).
+const AUDIT_SHOWN: i64 = 50;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -87,6 +92,15 @@ pub async fn page(
         Ok(listed) => listed,
         Err(e) => return visit.error(e),
     };
+    let audit = match state
+        .auth
+        .audit()
+        .list(principal, Default::default(), 1, AUDIT_SHOWN)
+        .await
+    {
+        Ok(listed) => listed.events.into_iter().map(Into::into).collect(),
+        Err(e) => return visit.error(e),
+    };
     let pages = ((total + PER_PAGE - 1) / PER_PAGE).max(1);
     let page = AdminPage {
         page: visit.ctx(),
@@ -110,6 +124,7 @@ pub async fn page(
         pages,
         total,
         notice: query.notice.as_deref().and_then(notice),
+        audit,
     };
     visit.render(StatusCode::OK, &page)
 }
@@ -119,6 +134,7 @@ pub async fn act(
     State(state): State<AppState>,
     visit: Visit,
     Path((id, action)): Path<(String, String)>,
+    Client(client): Client,
     form: PageForm,
 ) -> Response {
     let Some(principal) = &visit.principal else {
@@ -131,11 +147,11 @@ pub async fn act(
     };
     let done: Result<&str, Error> = match action.as_str() {
         "deactivate" => admin
-            .update_user(principal, &id, status(false))
+            .update_user(principal, &id, status(false), &client)
             .await
             .map(|_| "deactivated"),
         "activate" => admin
-            .update_user(principal, &id, status(true))
+            .update_user(principal, &id, status(true), &client)
             .await
             .map(|_| "activated"),
         "role" => {
@@ -154,7 +170,7 @@ pub async fn act(
                 ..AdminChange::default()
             };
             admin
-                .update_user(principal, &id, change)
+                .update_user(principal, &id, change, &client)
                 .await
                 .map(|_| "role")
         }

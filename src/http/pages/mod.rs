@@ -5,6 +5,7 @@ mod account;
 mod admin;
 pub mod csrf;
 mod mailbox;
+mod mfa;
 mod public;
 mod sso;
 
@@ -72,7 +73,12 @@ pub fn router(production: bool) -> Router<AppState> {
         .route("/admin", get(admin::page))
         .route("/admin/users/{id}/{action}", post(admin::act))
         .route("/account/identities/{provider}/link", get(sso::link))
-        .route("/account/identities/unlink", post(sso::unlink));
+        .route("/account/identities/unlink", post(sso::unlink))
+        .route("/signin/mfa", get(mfa::resume).post(mfa::verify))
+        .route("/account/mfa/setup", post(mfa::setup))
+        .route("/account/mfa/confirm", post(mfa::confirm))
+        .route("/account/mfa/disable", post(mfa::disable))
+        .route("/not-me", get(mfa::not_me_form).post(mfa::not_me));
     // The development mailbox holds every reset link: never served in production.
     if production {
         pages

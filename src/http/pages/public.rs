@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::{
     allowed_redirect, redirect_origin, see_other, session_cookie, PageCtx, PageForm, Visit,
 };
+use crate::auth::mfa::SignIn;
 use crate::auth::Registration;
 use crate::error::{Error, FieldError};
 use crate::http::extract::Client;
@@ -207,19 +208,12 @@ pub async fn signin(
         .sign_in(&username, form.take("password"), client)
         .await
     {
-        Ok(tokens) => {
-            let target = allowed_redirect(&state, form.get("redirect_to"))
-                .unwrap_or_else(|| "/account".to_owned());
-            let mut response = see_other(&target);
-            response.headers_mut().append(
-                header::SET_COOKIE,
-                session_cookie(
-                    &state,
-                    &tokens.session_cookie,
-                    state.config.refresh_token_ttl.as_secs(),
-                ),
-            );
-            response
+        Ok(SignIn::Done(tokens)) => {
+            session_started(&state, &tokens.session_cookie, form.get("redirect_to"))
+        }
+        Ok(SignIn::MfaRequired { mfa_token }) => {
+            let redirect_to = allowed_redirect(&state, form.get("redirect_to")).unwrap_or_default();
+            super::mfa::second_step(&visit, StatusCode::OK, &mfa_token, &redirect_to, None)
         }
         Err(e) if is_form_error(&e) => {
             let status = e.status();
@@ -244,6 +238,17 @@ pub async fn signin(
         }
         Err(e) => visit.error(e),
     }
+}
+
+/// A session began: its cookie, and on to where the person was going (or their account).
+pub(super) fn session_started(state: &AppState, cookie: &str, redirect_to: &str) -> Response {
+    let target = allowed_redirect(state, redirect_to).unwrap_or_else(|| "/account".to_owned());
+    let mut response = see_other(&target);
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        session_cookie(state, cookie, state.config.refresh_token_ttl.as_secs()),
+    );
+    response
 }
 
 /// Ends the session of this browser (if any) and forgets its cookie.
@@ -362,7 +367,12 @@ pub async fn reset_form(
     }
 }
 
-pub async fn reset(State(state): State<AppState>, visit: Visit, form: PageForm) -> Response {
+pub async fn reset(
+    State(state): State<AppState>,
+    visit: Visit,
+    Client(client): Client,
+    form: PageForm,
+) -> Response {
     let token = form.take("token");
     let again = |status: StatusCode, error: String| {
         let page = ResetPage {
@@ -381,7 +391,7 @@ pub async fn reset(State(state): State<AppState>, visit: Visit, form: PageForm) 
     match state
         .auth
         .recovery()
-        .reset_password(&token, form.get("password"))
+        .reset_password(&token, form.get("password"), &client)
         .await
     {
         Ok(()) => visit.message(

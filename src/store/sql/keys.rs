@@ -6,7 +6,7 @@ use super::rows::{ApiKeyRow, KeyOwnerRow, USER_COLUMNS};
 use super::{SqlStore, Value};
 use crate::domain::{ApiKeyId, Scope, UserId};
 use crate::store::dialect::Dialect;
-use crate::store::{ApiKey, KeyOwner, NewApiKey, NewEmail, StoreError};
+use crate::store::{ApiKey, KeyOwner, NewApiKey, NewAuditEvent, NewEmail, StoreError};
 use crate::time::Timestamp;
 
 impl<DB> SqlStore<DB>
@@ -30,6 +30,7 @@ where
         &self,
         key: &NewApiKey,
         notice: &NewEmail,
+        audit: &NewAuditEvent,
     ) -> Result<(), StoreError> {
         let mut tx = DB::begin_write(&self.pool).await?;
         sqlx::query(
@@ -46,6 +47,7 @@ where
         .execute(&mut *tx)
         .await?;
         Self::enqueue(&mut tx, notice, key.now).await?;
+        Self::append_audit(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -68,13 +70,20 @@ where
         &self,
         user_db_id: UserId,
         key_id: &ApiKeyId,
+        audit: &NewAuditEvent,
     ) -> Result<bool, StoreError> {
+        let mut tx = DB::begin_write(&self.pool).await?;
         let done = sqlx::query("DELETE FROM api_keys WHERE user_id = $1 AND key_id = $2")
             .bind(user_db_id)
             .bind(key_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(DB::rows_affected(&done) > 0)
+        let deleted = DB::rows_affected(&done) > 0;
+        if deleted {
+            Self::append_audit(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted)
     }
 
     /// Every key of the user, inside the caller's transaction.

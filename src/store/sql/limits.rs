@@ -89,63 +89,88 @@ where
     pub(super) async fn prune(&self, what: Prune, batch: i64) -> Result<u64, StoreError> {
         // Each statement deletes one bounded batch, so a large backlog never holds a long
         // transaction or lock; the caller repeats until a batch comes back short.
-        let done =
-            match what {
-                Prune::History { before } => {
-                    let attempts = self.execute(sqlx::query(
-                    "DELETE FROM login_attempts WHERE attempt_id IN (SELECT attempt_id \
-                     FROM login_attempts WHERE attempted_at < $1 LIMIT $2)",
-                )
-                .bind(LegacyTime(before))
-                .bind(batch))
-                .await?;
-                    let logs = self
-                        .execute(
-                            sqlx::query(
-                                "DELETE FROM user_location_logs WHERE log_id IN (SELECT log_id \
-                     FROM user_location_logs WHERE created_at < $1 LIMIT $2)",
-                            )
-                            .bind(LegacyTime(before))
-                            .bind(batch),
-                        )
-                        .await?;
-                    attempts + logs
-                }
-                Prune::RotatedTokens { now } => {
-                    self.execute(
+        let done = match what {
+            Prune::History { before } => {
+                let attempts = self
+                    .execute(
                         sqlx::query(
-                            "DELETE FROM refresh_tokens WHERE token_hash IN (SELECT t.token_hash \
+                            "DELETE FROM login_attempts WHERE attempt_id IN (SELECT attempt_id \
+                     FROM login_attempts WHERE attempted_at < $1 LIMIT $2)",
+                        )
+                        .bind(LegacyTime(before))
+                        .bind(batch),
+                    )
+                    .await?;
+                let logs = self
+                    .execute(
+                        sqlx::query(
+                            "DELETE FROM user_location_logs WHERE log_id IN (SELECT log_id \
+                     FROM user_location_logs WHERE created_at < $1 LIMIT $2)",
+                        )
+                        .bind(LegacyTime(before))
+                        .bind(batch),
+                    )
+                    .await?;
+                attempts + logs
+            }
+            Prune::RotatedTokens { now } => {
+                self.execute(
+                    sqlx::query(
+                        "DELETE FROM refresh_tokens WHERE token_hash IN (SELECT t.token_hash \
                  FROM refresh_tokens t JOIN auth_sessions s ON s.session_id = t.session_id \
                  WHERE s.revoked_at IS NOT NULL OR s.expires_at <= $1 LIMIT $2)",
+                    )
+                    .bind(now)
+                    .bind(batch),
+                )
+                .await?
+            }
+            Prune::EndedSessions { before } => {
+                self.execute(
+                    sqlx::query(
+                        "DELETE FROM auth_sessions WHERE session_id IN (SELECT session_id \
+                 FROM auth_sessions WHERE revoked_at < $1 OR expires_at < $1 LIMIT $2)",
+                    )
+                    .bind(before)
+                    .bind(batch),
+                )
+                .await?
+            }
+            Prune::FinishedEmails { before } => {
+                self.execute(
+                    sqlx::query(
+                        "DELETE FROM email_outbox WHERE id IN (SELECT id FROM email_outbox \
+                 WHERE status IN ('sent', 'failed') AND created_at < $1 LIMIT $2)",
+                    )
+                    .bind(before)
+                    .bind(batch),
+                )
+                .await?
+            }
+            Prune::ExpiredMfaTokens { now } => {
+                let challenges = self
+                    .execute(
+                        sqlx::query(
+                            "DELETE FROM mfa_challenges WHERE token_hash IN (SELECT token_hash \
+                 FROM mfa_challenges WHERE expires_at < $1 LIMIT $2)",
                         )
                         .bind(now)
                         .bind(batch),
                     )
-                    .await?
-                }
-                Prune::EndedSessions { before } => {
-                    self.execute(
+                    .await?;
+                let notices = self
+                    .execute(
                         sqlx::query(
-                            "DELETE FROM auth_sessions WHERE session_id IN (SELECT session_id \
-                 FROM auth_sessions WHERE revoked_at < $1 OR expires_at < $1 LIMIT $2)",
+                            "DELETE FROM sign_in_notices WHERE token_hash IN (SELECT token_hash \
+                 FROM sign_in_notices WHERE expires_at < $1 LIMIT $2)",
                         )
-                        .bind(before)
+                        .bind(now)
                         .bind(batch),
                     )
-                    .await?
-                }
-                Prune::FinishedEmails { before } => {
-                    self.execute(
-                        sqlx::query(
-                            "DELETE FROM email_outbox WHERE id IN (SELECT id FROM email_outbox \
-                 WHERE status IN ('sent', 'failed') AND created_at < $1 LIMIT $2)",
-                        )
-                        .bind(before)
-                        .bind(batch),
-                    )
-                    .await?
-                }
-            };
+                    .await?;
+                challenges + notices
+            }
+        };
         Ok(done)
     }
 

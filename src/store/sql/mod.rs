@@ -7,9 +7,11 @@
 //! such as `String: Encode<DB>` cannot live on `Dialect` itself. Each one is what sqlx needs
 //! to run a statement, bind a type or read a column.
 
+mod audit;
 mod identities;
 mod keys;
 mod limits;
+mod mfa;
 mod outbox;
 mod rows;
 mod sessions;
@@ -29,6 +31,9 @@ use super::{
 };
 use super::{Identity, NewIdentity, NewSsoCode, NewSsoFlow, SsoCode, SsoFlow, Unlink};
 use crate::domain::{ApiKeyId, SessionId, UserId, UserUid};
+use crate::store::{
+    AuditEvent, AuditFilter, MfaChallenge, NewAuditEvent, NewSignInNotice, TotpRecord,
+};
 use crate::time::Timestamp;
 
 /// A store over one SQL backend.
@@ -186,9 +191,10 @@ where
         hash: &str,
         password_hash: &str,
         notice: &NewEmail,
+        audit: &NewAuditEvent,
         now: Timestamp,
     ) -> Result<Option<User>, StoreError> {
-        SqlStore::reset_password(self, hash, password_hash, notice, now).await
+        SqlStore::reset_password(self, hash, password_hash, notice, audit, now).await
     }
     async fn verified_by_token(&self, hash: &str) -> Result<bool, StoreError> {
         SqlStore::verified_by_token(self, hash).await
@@ -202,9 +208,10 @@ where
         password_hash: &str,
         keep_session: &SessionId,
         notice: &NewEmail,
+        audit: &NewAuditEvent,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        SqlStore::change_password(self, user, password_hash, keep_session, notice, now).await
+        SqlStore::change_password(self, user, password_hash, keep_session, notice, audit, now).await
     }
 
     async fn reserve_sign_in(&self, a: &AttemptReservation) -> Result<Reservation, StoreError> {
@@ -266,14 +273,24 @@ where
         SqlStore::admin_update_user(self, user, change, now).await
     }
 
-    async fn create_api_key(&self, key: &NewApiKey, notice: &NewEmail) -> Result<(), StoreError> {
-        SqlStore::create_api_key(self, key, notice).await
+    async fn create_api_key(
+        &self,
+        key: &NewApiKey,
+        notice: &NewEmail,
+        audit: &NewAuditEvent,
+    ) -> Result<(), StoreError> {
+        SqlStore::create_api_key(self, key, notice, audit).await
     }
     async fn list_api_keys(&self, user: UserId) -> Result<Vec<ApiKey>, StoreError> {
         SqlStore::list_api_keys(self, user).await
     }
-    async fn delete_api_key(&self, user: UserId, id: &ApiKeyId) -> Result<bool, StoreError> {
-        SqlStore::delete_api_key(self, user, id).await
+    async fn delete_api_key(
+        &self,
+        user: UserId,
+        id: &ApiKeyId,
+        audit: &NewAuditEvent,
+    ) -> Result<bool, StoreError> {
+        SqlStore::delete_api_key(self, user, id, audit).await
     }
     async fn api_key_owner(
         &self,
@@ -345,5 +362,128 @@ where
     }
     async fn take_sso_code(&self, code_hash: &str) -> Result<Option<SsoCode>, StoreError> {
         SqlStore::take_sso_code(self, code_hash).await
+    }
+    async fn totp(&self, user: UserId) -> Result<Option<TotpRecord>, StoreError> {
+        SqlStore::totp(self, user).await
+    }
+    async fn begin_totp(
+        &self,
+        user: UserId,
+        sealed: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        SqlStore::begin_totp(self, user, sealed, now).await
+    }
+    async fn confirm_totp(
+        &self,
+        user: UserId,
+        step: i64,
+        recovery_hashes: &[String],
+        audit: &NewAuditEvent,
+        notice: &NewEmail,
+    ) -> Result<bool, StoreError> {
+        SqlStore::confirm_totp(self, user, step, recovery_hashes, audit, notice).await
+    }
+    async fn accept_totp_step(&self, user: UserId, step: i64) -> Result<bool, StoreError> {
+        SqlStore::accept_totp_step(self, user, step).await
+    }
+    async fn use_recovery_code(
+        &self,
+        user: UserId,
+        hash: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        SqlStore::use_recovery_code(self, user, hash, now).await
+    }
+    async fn recovery_codes_left(&self, user: UserId) -> Result<i64, StoreError> {
+        SqlStore::recovery_codes_left(self, user).await
+    }
+    async fn remove_totp(
+        &self,
+        user: UserId,
+        audit: &NewAuditEvent,
+        notice: &NewEmail,
+    ) -> Result<bool, StoreError> {
+        SqlStore::remove_totp(self, user, audit, notice).await
+    }
+    async fn create_mfa_challenge(
+        &self,
+        hash: &str,
+        challenge: &MfaChallenge,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        SqlStore::create_mfa_challenge(self, hash, challenge, now, expires_at).await
+    }
+    async fn mfa_challenge(
+        &self,
+        hash: &str,
+        now: Timestamp,
+        max_failures: i32,
+    ) -> Result<Option<MfaChallenge>, StoreError> {
+        SqlStore::mfa_challenge(self, hash, now, max_failures).await
+    }
+    async fn fail_mfa_challenge(&self, hash: &str) -> Result<(), StoreError> {
+        SqlStore::fail_mfa_challenge(self, hash).await
+    }
+    async fn use_mfa_challenge(&self, hash: &str, now: Timestamp) -> Result<bool, StoreError> {
+        SqlStore::use_mfa_challenge(self, hash, now).await
+    }
+
+    async fn record_audit(
+        &self,
+        event: &NewAuditEvent,
+        notice: Option<&NewEmail>,
+    ) -> Result<(), StoreError> {
+        SqlStore::record_audit(self, event, notice).await
+    }
+    async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<AuditEvent>, i64), StoreError> {
+        SqlStore::list_audit(self, filter, offset, limit).await
+    }
+    async fn audit_exists_since(
+        &self,
+        kind: &str,
+        target: &UserUid,
+        ip: &str,
+        since: Timestamp,
+    ) -> Result<bool, StoreError> {
+        SqlStore::audit_exists_since(self, kind, target, ip, since).await
+    }
+    async fn earlier_sign_ins(
+        &self,
+        user: UserId,
+        except: LocationLogId,
+        limit: i64,
+    ) -> Result<Vec<LoginRecord>, StoreError> {
+        SqlStore::earlier_sign_ins(self, user, except, limit).await
+    }
+    async fn sign_in_location(
+        &self,
+        log: LocationLogId,
+    ) -> Result<Option<LoginRecord>, StoreError> {
+        SqlStore::sign_in_location(self, log).await
+    }
+    async fn create_sign_in_notice(
+        &self,
+        notice: &NewSignInNotice,
+        email: &NewEmail,
+    ) -> Result<(), StoreError> {
+        SqlStore::create_sign_in_notice(self, notice, email).await
+    }
+    async fn use_sign_in_notice(
+        &self,
+        hash: &str,
+        now: Timestamp,
+        audit: &NewAuditEvent,
+    ) -> Result<Option<User>, StoreError> {
+        SqlStore::use_sign_in_notice(self, hash, now, audit).await
+    }
+    async fn refresh_token_owner(&self, hash: &str) -> Result<Option<UserUid>, StoreError> {
+        SqlStore::refresh_token_owner(self, hash).await
     }
 }

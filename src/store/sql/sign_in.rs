@@ -180,6 +180,9 @@ where
             .bind(o.result.counted())
             .execute(&mut **tx)
             .await?;
+        if let Some(audit) = &o.audit {
+            Self::append_audit(tx, audit).await?;
+        }
         let Some(account) = &o.account else {
             return Ok(None);
         };

@@ -6,7 +6,7 @@ use super::rows::{UserRow, USER_COLUMNS};
 use super::{SqlStore, Value};
 use crate::domain::UserId;
 use crate::store::dialect::{Dialect, LegacyTime};
-use crate::store::{NewEmail, NewToken, StoreError, TokenKind, User};
+use crate::store::{NewAuditEvent, NewEmail, NewToken, StoreError, TokenKind, User};
 use crate::time::Timestamp;
 
 impl<DB> SqlStore<DB>
@@ -67,6 +67,7 @@ where
         hash: &str,
         password_hash: &str,
         notice: &NewEmail,
+        audit: &NewAuditEvent,
         now: Timestamp,
     ) -> Result<Option<User>, StoreError> {
         let mut tx = DB::begin_write(&self.pool).await?;
@@ -91,6 +92,10 @@ where
         Self::clear_failures_in(&mut tx, user_db_id).await?;
         Self::enqueue(&mut tx, notice, now).await?;
         let user = Self::user_by_id(&mut tx, user_db_id).await?;
+        let mut audit = audit.clone();
+        audit.actor = Some(user.uid.clone());
+        audit.target = Some(user.uid.clone());
+        Self::append_audit(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(Some(user))
     }

@@ -7,8 +7,8 @@ use super::{SqlStore, Value};
 use crate::domain::{SessionId, UserId, UserUid};
 use crate::store::dialect::{Dialect, LegacyTime};
 use crate::store::{
-    AdminChange, Credentials, NewEmail, NewToken, NewUser, ProfileChange, StoreError, User,
-    UserPage,
+    AdminChange, Credentials, NewAuditEvent, NewEmail, NewToken, NewUser, ProfileChange,
+    StoreError, User, UserPage,
 };
 use crate::time::Timestamp;
 
@@ -194,6 +194,7 @@ where
         password_hash: &str,
         keep_session: &SessionId,
         notice: &NewEmail,
+        audit: &NewAuditEvent,
         now: Timestamp,
     ) -> Result<(), StoreError> {
         let mut tx = DB::begin_write(&self.pool).await?;
@@ -212,6 +213,7 @@ where
         .execute(&mut *tx)
         .await?;
         Self::enqueue(&mut tx, notice, now).await?;
+        Self::append_audit(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -1,0 +1,227 @@
+//! Security notices (SPEC §13): a sign-in from a new place or device is emailed with a
+//! one-click "this wasn't me" link, which ends every session and sends a password reset.
+
+use super::*;
+use crate::mail::templates::{Email, EmailKind};
+use crate::store::{LocationLogId, LoginRecord, NewSignInNotice};
+
+/// A "this wasn't me" link works for a week.
+const NOTICE_LINK_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+/// Earlier sign-ins compared with a new one (history is pruned after 90 days anyway).
+const EARLIER_COMPARED: i64 = 200;
+
+/// Country and city of a located sign-in; `None` when the location is not known (no
+/// geolocation configured, or the lookup failed).
+pub(crate) fn place_of(location: &serde_json::Value) -> Option<(String, String)> {
+    let country = location.get("country")?.as_str()?;
+    let city = location.get("city").and_then(|c| c.as_str()).unwrap_or("");
+    Some((country.to_owned(), city.to_owned()))
+}
+
+/// The browser and system a user agent names, coarsely: a browser update is not a new device.
+pub(crate) fn device_family(user_agent: Option<&str>) -> String {
+    let Some(ua) = user_agent.filter(|ua| !ua.trim().is_empty()) else {
+        return "unknown".to_owned();
+    };
+    let browser = [
+        ("Edg/", "Edge"),
+        ("OPR/", "Opera"),
+        ("Firefox/", "Firefox"),
+        ("Chrome/", "Chrome"),
+        ("Safari/", "Safari"),
+    ]
+    .iter()
+    .find(|(marker, _)| ua.contains(marker))
+    .map_or_else(
+        || ua.split(['/', ' ']).next().unwrap_or("").to_owned(),
+        |(_, name)| (*name).to_owned(),
+    );
+    let system = [
+        ("Android", "Android"),
+        ("iPhone", "iOS"),
+        ("iPad", "iOS"),
+        ("Windows", "Windows"),
+        ("Mac OS X", "macOS"),
+        ("CrOS", "ChromeOS"),
+        ("Linux", "Linux"),
+    ]
+    .iter()
+    .find(|(marker, _)| ua.contains(marker))
+    .map_or("", |(_, name)| name);
+    format!("{browser} {system}").trim().to_owned()
+}
+
+fn describe_place(location: &serde_json::Value) -> Option<String> {
+    let parts: Vec<&str> = ["city", "region", "country"]
+        .iter()
+        .filter_map(|k| location.get(*k).and_then(|v| v.as_str()))
+        .filter(|s| !s.is_empty())
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+impl Auth {
+    /// After a session opened: completes the location of its history row (in the background,
+    /// so the answer never waits), then emails a notice if the account has signed in before
+    /// but never from this place or with this kind of device.
+    pub(super) fn locate_and_notice(
+        self: &Arc<Self>,
+        user: &User,
+        session_id: &SessionId,
+        log_id: Option<LocationLogId>,
+        lookup: Option<IpAddr>,
+    ) {
+        if !self.config.new_signin_alerts {
+            self.locate_later(log_id, lookup);
+            return;
+        }
+        let Some(log_id) = log_id else {
+            return;
+        };
+        let auth = Arc::clone(self);
+        let (user, session_id) = (user.clone(), session_id.clone());
+        self.background.spawn(async move {
+            if let Err(e) = auth.notice_if_new(&user, &session_id, log_id, lookup).await {
+                tracing::warn!(error = %e, "could not judge a sign-in for a notice");
+            }
+        });
+    }
+
+    async fn notice_if_new(
+        &self,
+        user: &User,
+        session_id: &SessionId,
+        log_id: LocationLogId,
+        lookup: Option<IpAddr>,
+    ) -> Result<(), Error> {
+        let Some(mut this) = self.store.sign_in_location(log_id).await? else {
+            return Ok(());
+        };
+        if let Some(addr) = lookup {
+            let location = self.geo.lookup(addr).await;
+            self.store.set_location(log_id, &location).await?;
+            this.location = location;
+        }
+        let earlier = self
+            .store
+            .earlier_sign_ins(user.db_id, log_id, EARLIER_COMPARED)
+            .await?;
+        // The first sign-in of an account is new by definition, and no news.
+        if earlier.is_empty() {
+            return Ok(());
+        }
+        let place = place_of(&this.location);
+        let device = device_family(this.user_agent.as_deref());
+        let new_place = place.is_some()
+            && !earlier
+                .iter()
+                .any(|r: &LoginRecord| place_of(&r.location) == place);
+        let new_device = !earlier
+            .iter()
+            .any(|r| device_family(r.user_agent.as_deref()) == device);
+        if !new_place && !new_device {
+            return Ok(());
+        }
+        self.send_sign_in_notice(user, session_id, &this, new_place)
+            .await
+    }
+
+    async fn send_sign_in_notice(
+        &self,
+        user: &User,
+        session_id: &SessionId,
+        this: &LoginRecord,
+        new_place: bool,
+    ) -> Result<(), Error> {
+        let token = random_token();
+        let link = format!("{}/not-me?token={token}", self.config.app_url);
+        let mut facts = vec![format!("Time: {} (UTC)", time::rfc3339(this.created_at))];
+        if let Some(place) = describe_place(&this.location) {
+            facts.push(format!("Place: {place} (approximate)"));
+        }
+        facts.push(format!("IP address: {}", this.ip));
+        if let Some(ua) = &this.user_agent {
+            facts.push(format!("Device: {ua}"));
+        }
+        let what = if new_place {
+            "Your Auth Flow account was just signed in to from a place it has not been signed in from before."
+        } else {
+            "Your Auth Flow account was just signed in to from a device it has not been signed in from before."
+        };
+        let email = self.render(
+            &user.email,
+            &Email::Notice {
+                kind: EmailKind::NewSignIn,
+                name: &user.name,
+                what,
+                facts: &facts,
+                action: Some(("this wasn't me: sign out everywhere", &link)),
+            },
+        )?;
+        let now = self.clock.now();
+        self.store
+            .create_sign_in_notice(
+                &NewSignInNotice {
+                    token_hash: digest(&token),
+                    user_db_id: user.db_id,
+                    session_id: session_id.clone(),
+                    now,
+                    expires_at: now + time::duration(NOTICE_LINK_TTL),
+                },
+                &email,
+            )
+            .await?;
+        self.mail_wake.notify_one();
+        tracing::info!(user = %user.uid, "new-sign-in notice queued");
+        Ok(())
+    }
+
+    /// "This wasn't me": ends every session of the account (once per link) and emails a
+    /// password-reset link. `Err(InvalidToken)` for an unknown, used or expired link.
+    pub async fn not_me(self: &Arc<Self>, token: &str, client: &ClientInfo) -> Result<(), Error> {
+        if token.trim().is_empty() {
+            return Err(Error::InvalidToken);
+        }
+        let audit = self.audit_event(
+            "signed_out_by_notice",
+            None,
+            None,
+            client,
+            serde_json::json!({"reason": "this wasn't me"}),
+        );
+        let user = self
+            .store
+            .use_sign_in_notice(&digest(token.trim()), self.clock.now(), &audit)
+            .await?
+            .ok_or(Error::InvalidToken)?;
+        tracing::warn!(user = %user.uid, "\"this wasn't me\": every session ended");
+        self.send_reset(&user.email).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_families_ignore_versions() {
+        let a = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36";
+        let b = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36";
+        let c = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0";
+        assert_eq!(device_family(Some(a)), device_family(Some(b)));
+        assert_eq!(device_family(Some(a)), "Chrome Linux");
+        assert_eq!(device_family(Some(c)), "Firefox Windows");
+        assert_eq!(device_family(None), "unknown");
+        assert_eq!(device_family(Some("curl/8.5.0")), "curl");
+    }
+
+    #[test]
+    fn places_need_a_country() {
+        assert_eq!(place_of(&serde_json::json!({"ip": "8.8.8.8"})), None);
+        assert_eq!(
+            place_of(&serde_json::json!({"ip": "1.1.1.1", "city": "Paris", "country": "FR"})),
+            Some(("FR".into(), "Paris".into()))
+        );
+    }
+}
