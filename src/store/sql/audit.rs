@@ -193,8 +193,8 @@ where
         limit: i64,
     ) -> Result<Vec<LoginRecord>, StoreError> {
         let rows: Vec<LoginRecordRow> = sqlx::query_as(
-            "SELECT ip_address, CAST(location AS TEXT), user_agent, CAST(access_status AS TEXT), created_at \
-             FROM user_location_logs WHERE user_id = $1 AND log_id <> $2 \
+            "SELECT ip_address, CAST(location AS TEXT), user_agent, CAST(access_status AS TEXT), created_at, \
+             method FROM user_location_logs WHERE user_id = $1 AND log_id <> $2 \
              AND CAST(access_status AS TEXT) = 'success' \
              ORDER BY created_at DESC, log_id DESC LIMIT $3",
         )
@@ -211,8 +211,8 @@ where
         log_id: LocationLogId,
     ) -> Result<Option<LoginRecord>, StoreError> {
         let row: Option<LoginRecordRow> = sqlx::query_as(
-            "SELECT ip_address, CAST(location AS TEXT), user_agent, CAST(access_status AS TEXT), created_at \
-             FROM user_location_logs WHERE log_id = $1",
+            "SELECT ip_address, CAST(location AS TEXT), user_agent, CAST(access_status AS TEXT), created_at, \
+             method FROM user_location_logs WHERE log_id = $1",
         )
         .bind(log_id.0)
         .fetch_optional(&self.pool)
