@@ -20,6 +20,7 @@ use crate::mail::transport::Transport;
 use crate::server::PlainTcp;
 use crate::store;
 use crate::tasks::Background;
+use crate::telemetry::MetricsServer;
 use crate::time::Clock;
 
 /// How long in-flight requests may run on after a stop signal.
@@ -34,6 +35,7 @@ pub struct App {
     auth: Arc<Auth>,
     clock: Clock,
     background: Background,
+    metrics: Option<MetricsServer>,
 }
 
 /// The service's parts, wired together: what the server and the command line share.
@@ -59,8 +61,7 @@ impl Services {
         let secret = signing_secret(&config)?;
         let jwt = Jwt::new(&secret, &config.app_url);
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let passwords = tokio::task::spawn_blocking(move || Passwords::new(cores))
-            .await?
+        let passwords = Passwords::new(cores, config.hash_queue_max_wait)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let wake = Arc::new(tokio::sync::Notify::new());
         let transport = Transport::from_settings(&config.mail, config.is_production())
@@ -126,6 +127,12 @@ impl App {
             .await
             .with_context(|| format!("binding {}:{}", config.host, config.port))?;
         let port = listener.local_addr()?.port();
+        let metrics = match config.metrics_addr {
+            Some(addr) => {
+                Some(MetricsServer::bind(addr, Arc::clone(&auth.store), clock.clone()).await?)
+            }
+            None => None,
+        };
         Ok(Self {
             listener,
             router: router(state),
@@ -135,11 +142,17 @@ impl App {
             auth,
             clock,
             background,
+            metrics,
         })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of `GET /metrics`, when `METRICS_ADDR` is set.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics.as_ref().map(MetricsServer::port)
     }
 
     /// The clock the service reads: tests move it forward instead of sleeping.
@@ -161,7 +174,13 @@ impl App {
         let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
         let background = self.background;
         background.spawn_service(maintain(Arc::clone(&self.auth), worker_stopped.clone()));
-        background.spawn_service(self.outbox.run(worker_stopped));
+        background.spawn_service(self.outbox.run(worker_stopped.clone()));
+        if let Some(metrics) = self.metrics {
+            let mut stop = worker_stopped;
+            background.spawn_service(metrics.serve(async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            }));
+        }
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let server = crate::server::serve(
             self.listener,

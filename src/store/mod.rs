@@ -569,6 +569,26 @@ pub trait Store: Send + Sync + 'static {
         delivery: &Delivery,
         now: Timestamp,
     ) -> Result<(), StoreError>;
+
+    /// The outbox's backlog, for `/metrics`.
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
+    /// The connection pool's connections, for `/metrics`.
+    fn pool_stats(&self) -> PoolStats;
+}
+
+/// Emails waiting to be sent, given up, and when the oldest waiting one was queued.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxStats {
+    pub pending: i64,
+    pub failed: i64,
+    pub oldest_pending: Option<Timestamp>,
+}
+
+/// Open connections of the pool: lent to a query, or idle.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolStats {
+    pub in_use: u32,
+    pub idle: u32,
 }
 
 /// One kind of data that outlives its use, pruned in the background (SPEC §9).

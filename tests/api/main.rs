@@ -20,6 +20,7 @@ mod embedded;
 mod hardening;
 mod hardening_edge;
 mod legacy;
+mod overload;
 mod pages;
 mod protection;
 mod service;

@@ -23,8 +23,8 @@ use super::dialect::Dialect;
 use super::{
     AdminChange, ApiKey, AttemptOutcome, AttemptReservation, Credentials, Delivery, KeyOwner,
     LocationLogId, LoginRecord, NewApiKey, NewEmail, NewSession, NewToken, NewUser, OutboxEmail,
-    ProfileChange, Prune, RateKey, RefreshOutcome, Reservation, Rotation, Session, SessionUser,
-    Store, StoreError, TokenKind, User, UserPage,
+    OutboxStats, PoolStats, ProfileChange, Prune, RateKey, RefreshOutcome, Reservation, Rotation,
+    Session, SessionUser, Store, StoreError, TokenKind, User, UserPage,
 };
 use crate::domain::{ApiKeyId, SessionId, UserId, UserUid};
 use crate::time::Timestamp;
@@ -298,5 +298,18 @@ where
         now: Timestamp,
     ) -> Result<(), StoreError> {
         SqlStore::finish_email(self, id, delivery, now).await
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        SqlStore::outbox_stats(self).await
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        let size = self.pool.size();
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        PoolStats {
+            in_use: size.saturating_sub(idle),
+            idle,
+        }
     }
 }
