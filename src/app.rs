@@ -87,6 +87,7 @@ impl Services {
             geo,
             clock: clock.clone(),
             background: background.clone(),
+            lookups: crate::auth::SessionLookups::new(),
         });
         Ok(Self {
             config,

@@ -3,6 +3,8 @@
 mod accounts;
 mod admin;
 mod api_keys;
+mod lookups;
+pub use lookups::SessionLookups;
 pub mod password;
 mod protection;
 mod recovery;
@@ -110,6 +112,8 @@ pub struct Auth {
     pub(crate) geo: Arc<GeoLocator>,
     pub(crate) clock: Clock,
     pub(crate) background: Background,
+    /// Session look-ups in flight together share one statement.
+    pub(crate) lookups: lookups::SessionLookups,
 }
 
 impl Auth {

@@ -185,8 +185,8 @@ impl Sessions<'_> {
     pub async fn authenticate_bearer(&self, token: &str) -> Result<Principal, Error> {
         let claims = self.jwt.verify(token, self.clock.now())?;
         let found = self
-            .store
-            .session_by_id(&SessionId::new(claims.sid), self.clock.now())
+            .lookups
+            .session(&*self.store, &self.clock, &SessionId::new(claims.sid))
             .await?;
         match found {
             Some(su) if su.user.uid.as_str() == claims.sub => Ok(self.principal(su)),

@@ -409,6 +409,15 @@ pub trait Store: Send + Sync + 'static {
         session_id: &SessionId,
         now: Timestamp,
     ) -> Result<Option<SessionUser>, StoreError>;
+    /// The active sessions among `ids`, in one statement (see [`Store::coalesces_lookups`]).
+    async fn sessions_by_ids(
+        &self,
+        ids: &[SessionId],
+        now: Timestamp,
+    ) -> Result<Vec<SessionUser>, StoreError>;
+    /// Whether look-ups arriving together are better sent as one statement (a database over
+    /// the network) than one by one (an embedded one).
+    fn coalesces_lookups(&self) -> bool;
     async fn session_by_cookie(
         &self,
         cookie_hash: &str,

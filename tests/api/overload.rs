@@ -185,3 +185,59 @@ async fn metrics_count_sign_ins_requests_and_the_queue(backend: Backend) {
 }
 
 crate::both_backends!(metrics_count_sign_ins_requests_and_the_queue);
+
+/// Look-ups that share a statement refuse a session revoked on another instance from the
+/// very next request: no answer may come from a statement that started before the request.
+/// Two servers on one database; 16 clients hammer `/me` on the first with two sessions while
+/// the second server signs one of them out.
+async fn coalesced_look_ups_refuse_a_session_revoked_elsewhere_at_once(backend: Backend) {
+    let first = TestApp::spawn(backend).await;
+    let second = first.twin(backend).spawn().await;
+    let user = TestUser::new();
+    let doomed = first.sign_up_and_in(&user).await;
+    let kept = first.sign_in(&user).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let logged_out_at = std::sync::Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
+    let first = std::sync::Arc::new(first);
+    let clients = (0..16).map(|i| {
+        let (first, stop) = (std::sync::Arc::clone(&first), std::sync::Arc::clone(&stop));
+        let token = if i % 2 == 0 {
+            doomed.token.clone()
+        } else {
+            kept.token.clone()
+        };
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                let status = first.try_me(&token).await.status().as_u16();
+                seen.push((started, status));
+            }
+            (i % 2 == 0, seen)
+        })
+    });
+    let clients: Vec<_> = clients.collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    second.logout(&doomed).await;
+    *logged_out_at.lock().unwrap() = Some(std::time::Instant::now());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let logged_out_at = logged_out_at.lock().unwrap().unwrap();
+    let (mut before, mut after) = (0, 0);
+    for client in clients {
+        let (is_doomed, seen) = client.await.unwrap();
+        for (started, status) in seen {
+            if !is_doomed {
+                assert_eq!(status, 200, "the other session must stay signed in");
+            } else if started > logged_out_at {
+                assert_eq!(status, 401, "a request after the logout was let in");
+                after += 1;
+            } else if status == 200 {
+                before += 1;
+            }
+        }
+    }
+    assert!(before > 0 && after > 0, "before {before}, after {after}");
+}
+
+crate::both_backends!(coalesced_look_ups_refuse_a_session_revoked_elsewhere_at_once);

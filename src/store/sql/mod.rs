@@ -32,12 +32,17 @@ use crate::time::Timestamp;
 /// A store over one SQL backend.
 pub struct SqlStore<DB: Dialect> {
     pool: Pool<DB>,
+    /// Statements of the hot path, put together once rather than per request.
+    hot: sessions::HotStatements,
 }
 
 impl<DB: Dialect> SqlStore<DB> {
     /// Over a pool whose database is already migrated.
     pub fn new(pool: Pool<DB>) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            hot: sessions::HotStatements::new::<DB>(),
+        }
     }
 
     pub fn pool(&self) -> &Pool<DB> {
@@ -125,6 +130,18 @@ where
     ) -> Result<Option<SessionUser>, StoreError> {
         SqlStore::session_by_id(self, id, now).await
     }
+    async fn sessions_by_ids(
+        &self,
+        ids: &[SessionId],
+        now: Timestamp,
+    ) -> Result<Vec<SessionUser>, StoreError> {
+        SqlStore::sessions_by_ids(self, ids, now).await
+    }
+
+    fn coalesces_lookups(&self) -> bool {
+        DB::COALESCE_LOOKUPS
+    }
+
     async fn session_by_cookie(
         &self,
         cookie_hash: &str,
