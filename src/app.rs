@@ -87,7 +87,7 @@ impl Services {
             geo,
             clock: clock.clone(),
             background: background.clone(),
-            lookups: crate::auth::SessionLookups::new(),
+            lookups: crate::auth::SessionLookups::default(),
         });
         Ok(Self {
             config,

@@ -41,7 +41,7 @@ struct Waiter {
 }
 
 enum Reply {
-    Found(Option<SessionUser>),
+    Found(Option<Box<SessionUser>>),
     /// The shared statement failed: ask alone, to get (and report) this request's own error.
     Retry,
     /// Your turn: look up your own session and these waiters'.
@@ -96,15 +96,17 @@ impl Inner {
     }
 }
 
-impl SessionLookups {
-    pub fn new() -> Self {
+impl Default for SessionLookups {
+    fn default() -> Self {
         Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
             }),
         }
     }
+}
 
+impl SessionLookups {
     /// The session if it is active (not revoked, not expired, its user active).
     pub async fn session(
         &self,
@@ -138,7 +140,7 @@ impl SessionLookups {
                 Vec::new(),
             ),
             Some(answer) => match answer.await {
-                Ok(Reply::Found(found)) => return Ok(found),
+                Ok(Reply::Found(found)) => return Ok(found.map(|b| *b)),
                 Ok(Reply::Lead(turn, others)) => (turn, others),
                 Ok(Reply::Retry) | Err(_) => return store.session_by_id(id, clock.now()).await,
             },
@@ -161,7 +163,7 @@ impl SessionLookups {
                 for waiter in others {
                     let _ = waiter
                         .reply
-                        .send(Reply::Found(by_id.get(&waiter.id).cloned()));
+                        .send(Reply::Found(by_id.get(&waiter.id).cloned().map(Box::new)));
                 }
                 Ok(by_id.remove(id))
             }
