@@ -175,6 +175,10 @@ impl App {
         let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
         let background = self.background;
         background.spawn_service(maintain(Arc::clone(&self.auth), worker_stopped.clone()));
+        background.spawn_service(release_idle_memory(
+            self.auth.passwords.clone(),
+            worker_stopped.clone(),
+        ));
         background.spawn_service(self.outbox.run(worker_stopped.clone()));
         if let Some(metrics) = self.metrics {
             let mut stop = worker_stopped;
@@ -240,6 +244,22 @@ async fn maintain(auth: Arc<Auth>, mut stop: tokio::sync::watch::Receiver<bool>)
                     Err(e) => tracing::warn!(error = %e, "could not prune expired rows"),
                 }
             }
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Every 30 s: argon2 memory kept from a burst of sign-ins is freed once hashing is idle.
+async fn release_idle_memory(passwords: Passwords, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(30));
+    let mut last_seen = 0;
+    loop {
+        tokio::select! {
+            _ = every.tick() => last_seen = passwords.release_idle(last_seen),
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
                     return;

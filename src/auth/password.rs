@@ -49,6 +49,8 @@ struct Queue {
     admitted: AtomicUsize,
     /// Moving average of one hash, in microseconds.
     hash_micros: AtomicU64,
+    /// Hashes finished since start: unchanged between two looks means hashing was idle.
+    finished: AtomicU64,
 }
 
 /// A first guess at one hash (argon2id at m=19 MiB, t=2 takes about 18 ms here), until
@@ -72,6 +74,7 @@ impl Queue {
         // drops one sample.
         self.hash_micros
             .store(old - old / 8 + took / 8, Ordering::Relaxed);
+        self.finished.fetch_add(1, Ordering::Relaxed);
     }
 
     fn publish_depth(&self, depth: usize) {
@@ -97,9 +100,15 @@ fn current_params() -> Result<Params, Error> {
         .map_err(|e| Error::from(anyhow::anyhow!("argon2 params: {e}")))
 }
 
-/// Argon2 work memory (19 MiB a hash), kept and reused: allocating it afresh for every hash
-/// leaves the allocator holding hundreds of MiB once a few threads have hashed.
+/// Argon2 work memory (19 MiB a hash), kept and reused while hashes keep coming: allocating
+/// it afresh for every hash leaves the allocator holding hundreds of MiB once a few threads
+/// have hashed. Released when hashing has been idle a while ([`Passwords::release_idle`]).
 type Memory = Arc<Mutex<Vec<Vec<Block>>>>;
+
+/// Blocks reserved per work area: more than glibc's largest dynamic mmap threshold (32 MiB),
+/// so each area is always its own mapping and freeing it returns it to the system at once.
+/// Only the 19 MiB a hash uses are ever touched, so only those count as resident.
+const RESERVED_BLOCKS: usize = 33 * 1024;
 
 fn with_memory<T>(memory: &Memory, work: impl FnOnce(&mut Vec<Block>) -> T) -> T {
     let mut blocks = memory
@@ -126,6 +135,9 @@ fn compute(
 ) -> Result<(), argon2::Error> {
     let needed = params.block_count();
     if blocks.len() < needed {
+        if blocks.capacity() < needed.max(RESERVED_BLOCKS) {
+            blocks.reserve_exact(needed.max(RESERVED_BLOCKS) - blocks.len());
+        }
         blocks.resize(needed, Block::default());
     }
     argon2.hash_password_into_with_memory(password, salt, out, &mut blocks[..needed])
@@ -250,6 +262,7 @@ impl Passwords {
                 hash_micros: AtomicU64::new(
                     u64::try_from(INITIAL_HASH_ESTIMATE.as_micros()).unwrap_or(u64::MAX),
                 ),
+                finished: AtomicU64::new(0),
             }),
             strength_permits: Arc::new(Semaphore::new(slots)),
             memory: Memory::default(),
@@ -303,6 +316,21 @@ impl Passwords {
         .context("password hashing task failed")?;
         drop(admission);
         Ok(result)
+    }
+
+    /// Frees the kept argon2 memory if no hash ran since `last_seen` (what the previous call
+    /// returned) and none is queued; returns the count to pass next time. Called every
+    /// half minute, it gives the memory of a burst back within a minute of its end.
+    pub fn release_idle(&self, last_seen: u64) -> u64 {
+        let finished = self.queue.finished.load(Ordering::Relaxed);
+        if finished == last_seen && self.queue.admitted.load(Ordering::Acquire) == 0 {
+            let released =
+                std::mem::take(&mut *self.memory.lock().unwrap_or_else(PoisonError::into_inner));
+            if !released.is_empty() {
+                tracing::debug!(areas = released.len(), "released idle hashing memory");
+            }
+        }
+        finished
     }
 
     /// Judges a new password (length and zxcvbn strength against the account's own words)
@@ -458,5 +486,43 @@ mod tests {
                 .unwrap(),
             Verification::Invalid
         );
+    }
+
+    #[tokio::test]
+    async fn hashing_memory_is_made_on_first_use_and_released_when_idle() {
+        let p = Passwords::new(1, Duration::from_secs(2)).unwrap();
+        let kept = |p: &Passwords| p.memory.lock().unwrap().len();
+        assert_eq!(kept(&p), 0, "start-up allocates no hashing memory");
+        p.hash("first".into()).await.unwrap();
+        assert_eq!(kept(&p), 1);
+        // A hash since the last look: kept.
+        let seen = p.release_idle(0);
+        assert_eq!(seen, 1);
+        assert_eq!(kept(&p), 1);
+        // Idle since: released.
+        assert_eq!(p.release_idle(seen), 1);
+        assert_eq!(kept(&p), 0);
+        // And made again on demand.
+        let hash = p.hash("second".into()).await.unwrap();
+        assert!(matches!(
+            p.verify("second".into(), Some(hash)).await.unwrap(),
+            Verification::Valid { .. }
+        ));
+    }
+
+    #[test]
+    fn the_expected_wait_grows_with_the_queue() {
+        let queue = Queue {
+            slots: 2,
+            max_wait: Duration::from_millis(100),
+            admitted: AtomicUsize::new(0),
+            hash_micros: AtomicU64::new(20_000),
+            finished: AtomicU64::new(0),
+        };
+        assert_eq!(queue.expected_wait(0), Duration::ZERO);
+        assert_eq!(queue.expected_wait(1), Duration::ZERO);
+        assert_eq!(queue.expected_wait(2), Duration::from_millis(20));
+        assert_eq!(queue.expected_wait(3), Duration::from_millis(20));
+        assert_eq!(queue.expected_wait(4), Duration::from_millis(40));
     }
 }
