@@ -20,6 +20,7 @@ use crate::mail::transport::Transport;
 use crate::server::PlainTcp;
 use crate::store;
 use crate::tasks::Background;
+use crate::telemetry::MetricsServer;
 use crate::time::Clock;
 use crate::tls::ServerTls;
 
@@ -39,6 +40,7 @@ pub struct App {
     auth: Arc<Auth>,
     clock: Clock,
     background: Background,
+    metrics: Option<MetricsServer>,
 }
 
 /// The service's parts, wired together: what the server and the command line share.
@@ -64,8 +66,7 @@ impl Services {
         let secret = signing_secret(&config)?;
         let jwt = Jwt::new(&secret, &config.app_url);
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let passwords = tokio::task::spawn_blocking(move || Passwords::new(cores))
-            .await?
+        let passwords = Passwords::new(cores, config.hash_queue_max_wait)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let wake = Arc::new(tokio::sync::Notify::new());
         let transport = Transport::from_settings(&config.mail, config.is_production())
@@ -104,6 +105,7 @@ impl Services {
                     .unwrap_or(&secret)
                     .expose(),
             ),
+            lookups: crate::auth::SessionLookups::default(),
         });
         Ok(Self {
             config,
@@ -160,6 +162,12 @@ impl App {
             )),
             None => None,
         };
+        let metrics = match config.metrics_addr {
+            Some(addr) => {
+                Some(MetricsServer::bind(addr, Arc::clone(&auth.store), clock.clone()).await?)
+            }
+            None => None,
+        };
         Ok(Self {
             listener,
             router: router(state),
@@ -171,6 +179,7 @@ impl App {
             auth,
             clock,
             background,
+            metrics,
         })
     }
 
@@ -189,6 +198,11 @@ impl App {
     /// Whether the listener speaks HTTPS.
     pub fn serves_tls(&self) -> bool {
         self.tls.is_some()
+    }
+
+    /// The port of `GET /metrics`, when `METRICS_ADDR` is set.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics.as_ref().map(MetricsServer::port)
     }
 
     /// The clock the service reads: tests move it forward instead of sleeping.
@@ -219,7 +233,17 @@ impl App {
                 let _ = stopped.wait_for(|stop| *stop).await;
             }
         };
-        background.spawn_service(self.outbox.run(worker_stopped));
+        background.spawn_service(release_idle_memory(
+            self.auth.passwords.clone(),
+            worker_stopped.clone(),
+        ));
+        background.spawn_service(self.outbox.run(worker_stopped.clone()));
+        if let Some(metrics) = self.metrics {
+            let mut stop = worker_stopped;
+            background.spawn_service(metrics.serve(async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            }));
+        }
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let stop_signal = async move {
             shutdown.await;
@@ -305,6 +329,22 @@ async fn maintain(auth: Arc<Auth>, mut stop: tokio::sync::watch::Receiver<bool>)
                     Err(e) => tracing::warn!(error = %e, "could not prune expired rows"),
                 }
             }
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Every 30 s: argon2 memory kept from a burst of sign-ins is freed once hashing is idle.
+async fn release_idle_memory(passwords: Passwords, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(30));
+    let mut last_seen = 0;
+    loop {
+        tokio::select! {
+            _ = every.tick() => last_seen = passwords.release_idle(last_seen),
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
                     return;

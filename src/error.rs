@@ -44,6 +44,10 @@ pub enum Error {
     /// The database does not answer: a transient condition, retried by the client.
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// Every password-hashing slot is taken for longer than `HASH_QUEUE_MAX_WAIT_MS`: answered
+    /// at once rather than queued (SPEC §14).
+    #[error("overloaded")]
+    Overloaded { retry_after_secs: u64 },
     #[error("internal error: {0:#}")]
     Internal(#[from] anyhow::Error),
     /// A social sign-in flow that is unknown, expired, already used or started in another

@@ -24,6 +24,8 @@ pub mod server;
 pub mod store;
 /// Background work, tracked for shutdown and tests.
 pub mod tasks;
+/// `GET /metrics`: the Prometheus recorder and its own listener.
+pub(crate) mod telemetry;
 /// The service's clock and timestamps.
 pub mod time;
 /// HTTPS served directly: certificates, their rotation, client certificates.

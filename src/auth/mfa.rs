@@ -290,7 +290,7 @@ impl Auth {
                 now + time::duration(CHALLENGE_TTL),
             )
             .await?;
-        metrics::counter!("authflow_sign_in_total", "outcome" => "mfa").increment(1);
+        metrics::counter!("authflow_sign_ins_total", "outcome" => "mfa").increment(1);
         tracing::info!(user = %user.uid, "first factor passed; second step required");
         Ok(SignIn::MfaRequired { mfa_token: token })
     }

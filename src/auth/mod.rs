@@ -4,8 +4,10 @@ mod accounts;
 mod admin;
 mod api_keys;
 pub mod audit;
+mod lookups;
 pub mod mfa;
 mod notices;
+pub use lookups::SessionLookups;
 pub mod password;
 mod protection;
 mod recovery;
@@ -118,6 +120,8 @@ pub struct Auth {
     pub(crate) sso_http: reqwest::Client,
     /// Seals TOTP secrets at rest.
     pub(crate) sealing: mfa::SealingKey,
+    /// Session look-ups in flight together share one statement.
+    pub(crate) lookups: lookups::SessionLookups,
 }
 
 impl Auth {

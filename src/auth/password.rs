@@ -1,9 +1,10 @@
 //! Password hashing: argon2id off the async runtime, a bound on concurrent hashes, legacy bcrypt.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use std::sync::{Mutex, PoisonError};
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{self, Output, ParamsString, PasswordHash, SaltString};
@@ -24,11 +25,13 @@ pub enum Verification {
     Invalid,
 }
 
-/// Hashes and verifies passwords on the blocking pool, at most `permits` at once, so a burst
-/// of sign-ins queues instead of starving the runtime or exhausting memory.
+/// Hashes and verifies passwords on the blocking pool, at most `permits` at once. A burst
+/// queues, but only as long as `HASH_QUEUE_MAX_WAIT_MS` allows: past that a request is
+/// refused at once (503 `overloaded`) rather than kept waiting (SPEC §14).
 #[derive(Clone)]
 pub struct Passwords {
     permits: Arc<Semaphore>,
+    queue: Arc<Queue>,
     /// Strength checks (zxcvbn) run on the blocking pool too, bounded apart from hashing so
     /// that neither starves the other.
     strength_permits: Arc<Semaphore>,
@@ -37,14 +40,75 @@ pub struct Passwords {
     dummy_hash: Arc<str>,
 }
 
+/// Who is waiting for or holding a hashing slot, and how long a hash takes lately: enough to
+/// tell a newcomer at once whether its wait would exceed the bound.
+struct Queue {
+    slots: usize,
+    max_wait: Duration,
+    /// Admitted requests: hashing, waiting for a slot, or between admission and hashing.
+    admitted: AtomicUsize,
+    /// Moving average of one hash, in microseconds.
+    hash_micros: AtomicU64,
+    /// Hashes finished since start: unchanged between two looks means hashing was idle.
+    finished: AtomicU64,
+}
+
+/// A first guess at one hash (argon2id at m=19 MiB, t=2 takes about 18 ms here), until
+/// real hashes are timed.
+const INITIAL_HASH_ESTIMATE: Duration = Duration::from_millis(25);
+
+impl Queue {
+    /// The expected wait of a request with `ahead` admitted requests before it.
+    fn expected_wait(&self, ahead: usize) -> Duration {
+        if ahead < self.slots {
+            return Duration::ZERO;
+        }
+        let rounds = u32::try_from((ahead - self.slots) / self.slots + 1).unwrap_or(u32::MAX);
+        Duration::from_micros(self.hash_micros.load(Ordering::Relaxed)).saturating_mul(rounds)
+    }
+
+    fn record_hash(&self, took: Duration) {
+        let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let old = self.hash_micros.load(Ordering::Relaxed);
+        // An average over about the last eight hashes; a lost update under a race only
+        // drops one sample.
+        self.hash_micros
+            .store(old - old / 8 + took / 8, Ordering::Relaxed);
+        self.finished.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn publish_depth(&self, depth: usize) {
+        metrics::gauge!("authflow_hash_queue_depth").set(depth as f64);
+    }
+}
+
+/// A place in the hashing queue, held from admission until the hash is done; dropping it
+/// leaves the queue.
+pub struct Admission {
+    queue: Arc<Queue>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let before = self.queue.admitted.fetch_sub(1, Ordering::AcqRel);
+        self.queue.publish_depth(before.saturating_sub(1));
+    }
+}
+
 fn current_params() -> Result<Params, Error> {
     Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None)
         .map_err(|e| Error::from(anyhow::anyhow!("argon2 params: {e}")))
 }
 
-/// Argon2 work memory (19 MiB a hash), kept and reused: allocating it afresh for every hash
-/// leaves the allocator holding hundreds of MiB once a few threads have hashed.
+/// Argon2 work memory (19 MiB a hash), kept and reused while hashes keep coming: allocating
+/// it afresh for every hash leaves the allocator holding hundreds of MiB once a few threads
+/// have hashed. Released when hashing has been idle a while ([`Passwords::release_idle`]).
 type Memory = Arc<Mutex<Vec<Vec<Block>>>>;
+
+/// Blocks reserved per work area: more than glibc's largest dynamic mmap threshold (32 MiB),
+/// so each area is always its own mapping and freeing it returns it to the system at once.
+/// Only the 19 MiB a hash uses are ever touched, so only those count as resident.
+const RESERVED_BLOCKS: usize = 33 * 1024;
 
 fn with_memory<T>(memory: &Memory, work: impl FnOnce(&mut Vec<Block>) -> T) -> T {
     let mut blocks = memory
@@ -71,6 +135,9 @@ fn compute(
 ) -> Result<(), argon2::Error> {
     let needed = params.block_count();
     if blocks.len() < needed {
+        if blocks.capacity() < needed.max(RESERVED_BLOCKS) {
+            blocks.reserve_exact(needed.max(RESERVED_BLOCKS) - blocks.len());
+        }
         blocks.resize(needed, Block::default());
     }
     argon2.hash_password_into_with_memory(password, salt, out, &mut blocks[..needed])
@@ -101,6 +168,25 @@ fn hash_blocking(password: &str, blocks: &mut Vec<Block>) -> Result<String, Erro
         params: ParamsString::try_from(&params).map_err(phc)?,
         salt: Some(salt.as_salt()),
         hash: Some(output),
+    };
+    Ok(hash.to_string())
+}
+
+/// A well-formed argon2id hash of nothing anyone knows: a random salt and random output.
+/// Verifying against it costs a real hash; making it costs none, so start-up allocates no
+/// hashing memory.
+fn dummy_hash() -> Result<String, Error> {
+    let phc = |e: password_hash::Error| Error::from(anyhow::anyhow!("argon2 dummy hash: {e}"));
+    let params = current_params()?;
+    let salt = SaltString::generate(&mut OsRng);
+    let mut random = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    rand::Rng::fill(&mut rand::rngs::OsRng, &mut random);
+    let hash = PasswordHash {
+        algorithm: argon2::ARGON2ID_IDENT,
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(phc)?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&random).map_err(phc)?),
     };
     Ok(hash.to_string())
 }
@@ -163,37 +249,88 @@ fn verify_blocking(password: &str, stored: &str, blocks: &mut Vec<Block>) -> Ver
 }
 
 impl Passwords {
-    /// `max_concurrent` hashes at once; computing the dummy hash costs one hash at start.
-    pub fn new(max_concurrent: usize) -> Result<Self, Error> {
-        let mut random = [0u8; 32];
-        rand::Rng::fill(&mut rand::rngs::OsRng, &mut random);
-        let memory = Memory::default();
-        let dummy_hash = with_memory(&memory, |blocks| {
-            hash_blocking(&hex::encode(random), blocks)
-        })?;
+    /// `max_concurrent` hashes at once; a request that would wait longer than `max_wait`
+    /// for one is refused.
+    pub fn new(max_concurrent: usize, max_wait: Duration) -> Result<Self, Error> {
+        let slots = max_concurrent.max(1);
         Ok(Self {
-            permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
-            strength_permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
-            memory,
-            dummy_hash: dummy_hash.into(),
+            permits: Arc::new(Semaphore::new(slots)),
+            queue: Arc::new(Queue {
+                slots,
+                max_wait,
+                admitted: AtomicUsize::new(0),
+                hash_micros: AtomicU64::new(
+                    u64::try_from(INITIAL_HASH_ESTIMATE.as_micros()).unwrap_or(u64::MAX),
+                ),
+                finished: AtomicU64::new(0),
+            }),
+            strength_permits: Arc::new(Semaphore::new(slots)),
+            memory: Memory::default(),
+            dummy_hash: dummy_hash()?.into(),
         })
+    }
+
+    /// Takes a place in the hashing queue, or refuses at once when the wait would exceed
+    /// `HASH_QUEUE_MAX_WAIT_MS`. Sign-in takes its place before it records the attempt, so a
+    /// refused request leaves no trace that could count against the account.
+    pub fn admit(&self) -> Result<Admission, Error> {
+        let queue = &self.queue;
+        let ahead = queue.admitted.fetch_add(1, Ordering::AcqRel);
+        let admission = Admission {
+            queue: Arc::clone(queue),
+        };
+        let wait = queue.expected_wait(ahead);
+        if wait > queue.max_wait || (wait > Duration::ZERO && queue.max_wait.is_zero()) {
+            drop(admission);
+            metrics::counter!("authflow_hash_overloaded_total").increment(1);
+            return Err(Error::Overloaded {
+                retry_after_secs: wait.as_secs().max(1),
+            });
+        }
+        queue.publish_depth(ahead + 1);
+        Ok(admission)
     }
 
     async fn run<T: Send + 'static>(
         &self,
+        admission: Admission,
         work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
     ) -> Result<T, Error> {
+        let queued = Instant::now();
         let _permit = self
             .permits
             .acquire()
             .await
             .context("password hashing pool closed")?;
+        metrics::histogram!("authflow_hash_queue_wait_seconds")
+            .record(queued.elapsed().as_secs_f64());
         let memory = Arc::clone(&self.memory);
-        Ok(
-            tokio::task::spawn_blocking(move || with_memory(&memory, work))
-                .await
-                .context("password hashing task failed")?,
-        )
+        let queue = Arc::clone(&self.queue);
+        let result = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let result = with_memory(&memory, work);
+            queue.record_hash(started.elapsed());
+            result
+        })
+        .await
+        .context("password hashing task failed")?;
+        drop(admission);
+        Ok(result)
+    }
+
+    /// Frees the kept argon2 memory if no hash ran since `last_seen` (what the previous call
+    /// returned) and none is queued; returns the count to pass next time. Called every
+    /// half minute, it gives the memory of a burst back within a minute of its end.
+    pub fn release_idle(&self, last_seen: u64) -> u64 {
+        let finished = self.queue.finished.load(Ordering::Relaxed);
+        if finished == last_seen && self.queue.admitted.load(Ordering::Acquire) == 0 {
+            let released =
+                std::mem::take(&mut *self.memory.lock().unwrap_or_else(PoisonError::into_inner));
+            if !released.is_empty() {
+                tracing::debug!(areas = released.len(), "released idle hashing memory");
+            }
+        }
+        finished
     }
 
     /// Judges a new password (length and zxcvbn strength against the account's own words)
@@ -218,7 +355,8 @@ impl Passwords {
     }
 
     pub async fn hash(&self, password: String) -> Result<String, Error> {
-        self.run(move |blocks| hash_blocking(&password, blocks))
+        let admission = self.admit()?;
+        self.run(admission, move |blocks| hash_blocking(&password, blocks))
             .await?
     }
 
@@ -229,6 +367,17 @@ impl Passwords {
         password: String,
         stored: Option<String>,
     ) -> Result<Verification, Error> {
+        let admission = self.admit()?;
+        self.verify_admitted(admission, password, stored).await
+    }
+
+    /// [`Passwords::verify`] with a place in the queue taken beforehand ([`Passwords::admit`]).
+    pub async fn verify_admitted(
+        &self,
+        admission: Admission,
+        password: String,
+        stored: Option<String>,
+    ) -> Result<Verification, Error> {
         // An account without a password (created by social sign-in) is judged like an
         // unknown one: against the dummy hash, at the same cost, never valid.
         let (stored, real) = match stored {
@@ -236,7 +385,9 @@ impl Passwords {
             _ => (self.dummy_hash.to_string(), false),
         };
         let verification = self
-            .run(move |blocks| verify_blocking(&password, &stored, blocks))
+            .run(admission, move |blocks| {
+                verify_blocking(&password, &stored, blocks)
+            })
             .await?;
         Ok(if real {
             verification
@@ -272,7 +423,7 @@ mod tests {
 
     #[tokio::test]
     async fn argon2id_hashes_verify_and_are_current() {
-        let p = Passwords::new(2).unwrap();
+        let p = Passwords::new(2, Duration::from_secs(2)).unwrap();
         let hash = p.hash("correct horse".into()).await.unwrap();
         assert!(
             hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
@@ -294,7 +445,7 @@ mod tests {
 
     #[tokio::test]
     async fn legacy_bcrypt_verifies_and_asks_for_a_rehash() {
-        let p = Passwords::new(1).unwrap();
+        let p = Passwords::new(1, Duration::from_secs(2)).unwrap();
         for prefix in ["$2a$", "$2b$", "$2y$"] {
             let hash = bcrypt::hash("old secret", 4)
                 .unwrap()
@@ -314,7 +465,7 @@ mod tests {
 
     #[tokio::test]
     async fn weaker_argon2_parameters_ask_for_a_rehash_and_no_account_never_verifies() {
-        let p = Passwords::new(1).unwrap();
+        let p = Passwords::new(1, Duration::from_secs(2)).unwrap();
         let weak = Argon2::new(
             Algorithm::Argon2id,
             Version::V0x13,
@@ -337,5 +488,43 @@ mod tests {
                 .unwrap(),
             Verification::Invalid
         );
+    }
+
+    #[tokio::test]
+    async fn hashing_memory_is_made_on_first_use_and_released_when_idle() {
+        let p = Passwords::new(1, Duration::from_secs(2)).unwrap();
+        let kept = |p: &Passwords| p.memory.lock().unwrap().len();
+        assert_eq!(kept(&p), 0, "start-up allocates no hashing memory");
+        p.hash("first".into()).await.unwrap();
+        assert_eq!(kept(&p), 1);
+        // A hash since the last look: kept.
+        let seen = p.release_idle(0);
+        assert_eq!(seen, 1);
+        assert_eq!(kept(&p), 1);
+        // Idle since: released.
+        assert_eq!(p.release_idle(seen), 1);
+        assert_eq!(kept(&p), 0);
+        // And made again on demand.
+        let hash = p.hash("second".into()).await.unwrap();
+        assert!(matches!(
+            p.verify("second".into(), Some(hash)).await.unwrap(),
+            Verification::Valid { .. }
+        ));
+    }
+
+    #[test]
+    fn the_expected_wait_grows_with_the_queue() {
+        let queue = Queue {
+            slots: 2,
+            max_wait: Duration::from_millis(100),
+            admitted: AtomicUsize::new(0),
+            hash_micros: AtomicU64::new(20_000),
+            finished: AtomicU64::new(0),
+        };
+        assert_eq!(queue.expected_wait(0), Duration::ZERO);
+        assert_eq!(queue.expected_wait(1), Duration::ZERO);
+        assert_eq!(queue.expected_wait(2), Duration::from_millis(20));
+        assert_eq!(queue.expected_wait(3), Duration::from_millis(20));
+        assert_eq!(queue.expected_wait(4), Duration::from_millis(40));
     }
 }

@@ -81,7 +81,7 @@ impl Auth {
         match reservation {
             Reservation::Granted { attempt_id } => Ok(attempt_id),
             Reservation::Refused { oldest } => {
-                metrics::counter!("authflow_sign_in_refused_total").increment(1);
+                metrics::counter!("authflow_sign_ins_total", "outcome" => "locked").increment(1);
                 tracing::info!("sign-in refused by a failure limit");
                 if let Some(user) = account {
                     self.record_lockout(user, client, now - time::duration(limits.login_window))
@@ -160,7 +160,7 @@ impl Auth {
     /// are not counted.
     pub(super) async fn take_limits(
         &self,
-        bucket: &str,
+        bucket: &'static str,
         keys: &[(&str, i64)],
     ) -> Result<(), Error> {
         if !self.config.limits.enabled {
@@ -180,6 +180,7 @@ impl Auth {
             None => Ok(()),
             Some(oldest) => {
                 tracing::warn!(bucket, "rate limit reached");
+                metrics::counter!("authflow_rate_limited_total", "limit" => bucket).increment(1);
                 Err(retry_after(Some(oldest), HOUR, now))
             }
         }
@@ -193,6 +194,12 @@ impl Auth {
         account: Option<&User>,
         result: AttemptResult,
     ) -> (AttemptOutcome, Option<IpAddr>) {
+        let counted = if result.succeeded() {
+            "success"
+        } else {
+            "failure"
+        };
+        metrics::counter!("authflow_sign_ins_total", "outcome" => counted).increment(1);
         let ip = ip_key(client);
         let (location, lookup) = match (account, client.ip) {
             (Some(_), Some(addr)) => match self.geo.locate_now(addr) {
@@ -277,6 +284,7 @@ impl Auth {
         client: &ClientInfo,
     ) -> Result<(), Error> {
         let identifier = user.username.to_lowercase();
+        let admission = self.passwords.admit()?;
         let attempt = self
             .reserve_attempt(&identifier, Some(user), client)
             .await?;
@@ -286,7 +294,9 @@ impl Auth {
             .await?
             .map(|c| c.password_hash);
         let valid = matches!(
-            self.passwords.verify(password, stored).await?,
+            self.passwords
+                .verify_admitted(admission, password, stored)
+                .await?,
             super::password::Verification::Valid { .. }
         );
         let (result, kind) = if valid {

@@ -22,6 +22,9 @@ impl Sessions<'_> {
         }
         errors.into_result()?;
 
+        // A place in the hashing queue first: refused when overloaded, before anything is
+        // recorded against the account.
+        let admission = self.passwords.admit()?;
         let credentials = self.store.find_credentials(&identifier).await?;
         let account = credentials.as_ref().map(|c| c.user.clone());
         let attempt = self
@@ -31,7 +34,7 @@ impl Sessions<'_> {
         let stored_hash = credentials.as_ref().map(|c| c.password_hash.clone());
         let verification = self
             .passwords
-            .verify(password.clone(), stored_hash.clone())
+            .verify_admitted(admission, password.clone(), stored_hash.clone())
             .await?;
         let (user, needs_rehash) = match (credentials, verification) {
             (Some(c), Verification::Valid { needs_rehash }) if c.user.active => {
@@ -206,8 +209,8 @@ impl Sessions<'_> {
     pub async fn authenticate_bearer(&self, token: &str) -> Result<Principal, Error> {
         let claims = self.jwt.verify(token, self.clock.now())?;
         let found = self
-            .store
-            .session_by_id(&SessionId::new(claims.sid), self.clock.now())
+            .lookups
+            .session(&*self.store, &self.clock, &SessionId::new(claims.sid))
             .await?;
         match found {
             Some(su) if su.user.uid.as_str() == claims.sub => Ok(self.principal(su)),

@@ -6,7 +6,7 @@ mod legacy;
 pub mod sso;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -120,6 +120,11 @@ pub struct Config {
     pub mfa_encryption_key: Option<Secret>,
     /// `NEW_SIGNIN_ALERTS`: email a notice of a sign-in from a new device or location.
     pub new_signin_alerts: bool,
+    /// `HASH_QUEUE_MAX_WAIT_MS`: a request that would wait longer than this for a
+    /// password-hashing slot is answered 503 `overloaded` at once (0: never wait).
+    pub hash_queue_max_wait: Duration,
+    /// `METRICS_ADDR`: where `GET /metrics` (Prometheus text) is served; off when unset.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Far beyond what one process can hold open; a larger value is a typo.
@@ -258,6 +263,13 @@ impl Config {
             port,
             max_connections: u32::try_from(max_connections).unwrap_or(u32::MAX),
             pages: vars.boolean("PAGES", true)?,
+            hash_queue_max_wait: Duration::from_millis(vars.number(
+                "HASH_QUEUE_MAX_WAIT_MS",
+                2000,
+                0,
+                600_000,
+            )?),
+            metrics_addr: vars.parse_optional("METRICS_ADDR")?,
             password_reset_url: vars
                 .url("PASSWORD_RESET_URL")?
                 .unwrap_or_else(|| format!("{app_url}/reset-password")),

@@ -106,7 +106,10 @@ impl GeoLocator {
             .filter(|(at, _)| at.elapsed() < CACHE_TTL)
             .and_then(|(_, cell)| cell.get().cloned());
         match cached {
-            Some(location) => Located::Known(location),
+            Some(location) => {
+                metrics::counter!("authflow_geo_cache_hits_total").increment(1);
+                Located::Known(location)
+            }
             None => Located::Pending(json!({"ip": ip.to_string()})),
         }
     }
@@ -127,6 +130,9 @@ impl GeoLocator {
                 }
             }
         };
+        if cell.get().is_some() {
+            metrics::counter!("authflow_geo_cache_hits_total").increment(1);
+        }
         let location = cell.get_or_init(|| self.fetch(ip)).await.clone();
         if location.get("error").is_some() {
             let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
@@ -138,10 +144,21 @@ impl GeoLocator {
     }
 
     async fn fetch(&self, ip: IpAddr) -> Value {
-        let failed = |reason: String| json!({"ip": ip.to_string(), "error": reason});
         let Some(token) = &self.token else {
             return json!({"ip": ip.to_string()});
         };
+        let location = self.fetch_with(ip, token).await;
+        let result = if location.get("error").is_some() {
+            "error"
+        } else {
+            "ok"
+        };
+        metrics::counter!("authflow_geo_lookups_total", "result" => result).increment(1);
+        location
+    }
+
+    async fn fetch_with(&self, ip: IpAddr, token: &Secret) -> Value {
+        let failed = |reason: String| json!({"ip": ip.to_string(), "error": reason});
         let response = self
             .client
             .get(format!("{}/{ip}", self.base_url))

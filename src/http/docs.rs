@@ -99,7 +99,7 @@ pub fn complete(openapi: &mut OpenApi, client_certificates: bool) {
                 add(
                     op,
                     503,
-                    "`unavailable`: the database does not answer; retry after `Retry-After`",
+                    "`unavailable`: the database does not answer; `overloaded`: every password-hashing slot is busy for longer than `HASH_QUEUE_MAX_WAIT_MS`; retry after `Retry-After`",
                 );
             }
             if let Some(RefOr::T(response)) = op.responses.responses.get_mut("401") {

@@ -38,7 +38,7 @@ impl Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::UsernameTaken | Error::EmailTaken => StatusCode::CONFLICT,
             Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unavailable(_) | Error::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::SsoState => StatusCode::BAD_REQUEST,
             Error::SsoRefused { .. } => StatusCode::FORBIDDEN,
@@ -105,6 +105,13 @@ impl Error {
                 "unavailable",
                 "The service is temporarily unavailable; try again shortly.".into(),
             ),
+            Error::Overloaded { retry_after_secs } => (
+                "overloaded",
+                format!(
+                    "The service is busy; try again in {}.",
+                    wait_in_words(*retry_after_secs)
+                ),
+            ),
             Error::Internal(_) => ("internal_error", "An internal error occurred.".into()),
             Error::SsoState => (
                 "invalid_state",
@@ -168,7 +175,8 @@ impl IntoResponse for Error {
         let mut response = self.status().into_response();
         let headers = response.headers_mut();
         match self {
-            Error::TooManyRequests { retry_after_secs } => {
+            Error::TooManyRequests { retry_after_secs }
+            | Error::Overloaded { retry_after_secs } => {
                 headers.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from(retry_after_secs.max(1)),
@@ -326,6 +334,13 @@ mod tests {
             (Error::Unauthorized, 401, "unauthorized"),
             (Error::TokenExpired, 401, "token_expired"),
             (Error::Unavailable("down".into()), 503, "unavailable"),
+            (
+                Error::Overloaded {
+                    retry_after_secs: 3,
+                },
+                503,
+                "overloaded",
+            ),
             (Error::InvalidCredentials, 401, "invalid_credentials"),
             (Error::RefreshTokenReused, 401, "refresh_token_reused"),
             (Error::Forbidden("no"), 403, "forbidden"),

@@ -282,6 +282,10 @@ pub fn router(state: AppState) -> Router {
     if state.config.pages {
         app = app.merge(pages::router(production));
     }
+    let metrics = state.config.metrics_addr.is_some();
+    if metrics {
+        app = app.route_layer(middleware::from_fn(crate::telemetry::label_route));
+    }
     let app = app.with_state(state);
 
     let x_request_id = HeaderName::from_static("x-request-id");
@@ -315,7 +319,7 @@ pub fn router(state: AppState) -> Router {
             hsts.then(|| HeaderValue::from_static("max-age=31536000; includeSubDomains")),
         ));
 
-    app.layer(
+    let app = app.layer(
         ServiceBuilder::new()
             .layer(MapRequestLayer::new(drop_unusable_request_id))
             .layer(SetRequestIdLayer::new(x_request_id.clone(), MakeRequestUuid))
@@ -350,5 +354,10 @@ pub fn router(state: AppState) -> Router {
                 REQUEST_TIMEOUT,
             ))
             .layer(DefaultBodyLimit::max(BODY_LIMIT)),
-    )
+    );
+    if metrics {
+        app.layer(middleware::from_fn(crate::telemetry::record_requests))
+    } else {
+        app
+    }
 }

@@ -33,6 +33,11 @@ pub trait Dialect: Database {
     const SKIP_LOCKED: &'static str;
     /// Ends a `SELECT` that locks the rows it reads until the transaction ends.
     const FOR_UPDATE: &'static str;
+    /// A sub-select of the texts of the JSON array bound as `$1` (`col IN (…)`).
+    const TEXTS_OF_JSON_ARRAY: &'static str;
+    /// Whether concurrent session look-ups are worth combining into one statement: yes over
+    /// a network round trip, no for an embedded database.
+    const COALESCE_LOOKUPS: bool;
 
     fn legacy(t: Timestamp) -> Self::LegacyTs;
     fn from_legacy(t: Self::LegacyTs) -> Timestamp;

@@ -486,6 +486,15 @@ pub trait Store: Send + Sync + 'static {
         session_id: &SessionId,
         now: Timestamp,
     ) -> Result<Option<SessionUser>, StoreError>;
+    /// The active sessions among `ids`, in one statement (see [`Store::coalesces_lookups`]).
+    async fn sessions_by_ids(
+        &self,
+        ids: &[SessionId],
+        now: Timestamp,
+    ) -> Result<Vec<SessionUser>, StoreError>;
+    /// Whether look-ups arriving together are better sent as one statement (a database over
+    /// the network) than one by one (an embedded one).
+    fn coalesces_lookups(&self) -> bool;
     async fn session_by_cookie(
         &self,
         cookie_hash: &str,
@@ -808,6 +817,26 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<User>, StoreError>;
     /// The account of a refresh token (rotated or not), for the record of its reuse.
     async fn refresh_token_owner(&self, hash: &str) -> Result<Option<UserUid>, StoreError>;
+
+    /// The outbox's backlog, for `/metrics`.
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
+    /// The connection pool's connections, for `/metrics`.
+    fn pool_stats(&self) -> PoolStats;
+}
+
+/// Emails waiting to be sent, given up, and when the oldest waiting one was queued.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxStats {
+    pub pending: i64,
+    pub failed: i64,
+    pub oldest_pending: Option<Timestamp>,
+}
+
+/// Open connections of the pool: lent to a query, or idle.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolStats {
+    pub in_use: u32,
+    pub idle: u32,
 }
 
 /// A social identity to store: `provider` is the sign-in method (`github`, `google`,

@@ -25,6 +25,8 @@ impl Dialect for Postgres {
     const JSONB: &'static str = "::jsonb";
     const SKIP_LOCKED: &'static str = "FOR UPDATE SKIP LOCKED";
     const FOR_UPDATE: &'static str = "FOR UPDATE";
+    const TEXTS_OF_JSON_ARRAY: &'static str = "SELECT jsonb_array_elements_text($1::jsonb)";
+    const COALESCE_LOOKUPS: bool = true;
 
     fn legacy(t: Timestamp) -> NaiveDateTime {
         t.naive_utc()

@@ -24,6 +24,7 @@ mod hardening_edge;
 mod legacy;
 mod mfa;
 mod notices;
+mod overload;
 mod pages;
 mod protection;
 mod service;

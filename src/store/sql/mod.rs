@@ -26,8 +26,8 @@ use super::dialect::Dialect;
 use super::{
     AdminChange, ApiKey, AttemptOutcome, AttemptReservation, Credentials, Delivery, KeyOwner,
     LocationLogId, LoginRecord, NewApiKey, NewEmail, NewSession, NewToken, NewUser, OutboxEmail,
-    ProfileChange, Prune, RateKey, RefreshOutcome, Reservation, Rotation, Session, SessionUser,
-    Store, StoreError, TokenKind, User, UserPage,
+    OutboxStats, PoolStats, ProfileChange, Prune, RateKey, RefreshOutcome, Reservation, Rotation,
+    Session, SessionUser, Store, StoreError, TokenKind, User, UserPage,
 };
 use super::{Identity, NewIdentity, NewSsoCode, NewSsoFlow, SsoCode, SsoFlow, Unlink};
 use crate::domain::{ApiKeyId, SessionId, UserId, UserUid};
@@ -39,12 +39,17 @@ use crate::time::Timestamp;
 /// A store over one SQL backend.
 pub struct SqlStore<DB: Dialect> {
     pool: Pool<DB>,
+    /// Statements of the hot path, put together once rather than per request.
+    hot: sessions::HotStatements,
 }
 
 impl<DB: Dialect> SqlStore<DB> {
     /// Over a pool whose database is already migrated.
     pub fn new(pool: Pool<DB>) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            hot: sessions::HotStatements::new::<DB>(),
+        }
     }
 
     pub fn pool(&self) -> &Pool<DB> {
@@ -132,6 +137,18 @@ where
     ) -> Result<Option<SessionUser>, StoreError> {
         SqlStore::session_by_id(self, id, now).await
     }
+    async fn sessions_by_ids(
+        &self,
+        ids: &[SessionId],
+        now: Timestamp,
+    ) -> Result<Vec<SessionUser>, StoreError> {
+        SqlStore::sessions_by_ids(self, ids, now).await
+    }
+
+    fn coalesces_lookups(&self) -> bool {
+        DB::COALESCE_LOOKUPS
+    }
+
     async fn session_by_cookie(
         &self,
         cookie_hash: &str,
@@ -485,5 +502,18 @@ where
     }
     async fn refresh_token_owner(&self, hash: &str) -> Result<Option<UserUid>, StoreError> {
         SqlStore::refresh_token_owner(self, hash).await
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        SqlStore::outbox_stats(self).await
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        let size = self.pool.size();
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        PoolStats {
+            in_use: size.saturating_sub(idle),
+            idle,
+        }
     }
 }

@@ -1,11 +1,11 @@
 //! The email outbox: queued in the transaction of the change that causes the email, claimed
 //! by one worker at a time, finished as sent, retried or given up.
 
-use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Transaction, Type};
+use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Row as _, Transaction, Type};
 
 use super::{SqlStore, Value};
 use crate::store::dialect::Dialect;
-use crate::store::{Delivery, NewEmail, OutboxEmail, StoreError};
+use crate::store::{Delivery, NewEmail, OutboxEmail, OutboxStats, StoreError};
 use crate::time::Timestamp;
 
 impl<DB> SqlStore<DB>
@@ -44,6 +44,24 @@ where
         .execute(&mut **tx)
         .await?;
         Ok(())
+    }
+
+    pub(super) async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        let row = sqlx::query(
+            "SELECT \
+             COALESCE(SUM(CASE WHEN status IN ('pending', 'sending') THEN 1 ELSE 0 END), 0) \
+             AS pending, \
+             COALESCE(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0) AS failed, \
+             MIN(CASE WHEN status IN ('pending', 'sending') THEN created_at END) AS oldest \
+             FROM email_outbox",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(OutboxStats {
+            pending: row.try_get("pending")?,
+            failed: row.try_get("failed")?,
+            oldest_pending: row.try_get("oldest")?,
+        })
     }
 
     pub(super) async fn claim_email(

@@ -12,18 +12,29 @@ use crate::store::{
 };
 use crate::time::Timestamp;
 
-/// How a session is looked up.
-#[derive(Clone, Copy)]
-enum SessionKey {
-    Id,
-    CookieHash,
+/// The look-ups every authenticated request makes, written out once per store.
+pub(super) struct HotStatements {
+    by_id: String,
+    by_cookie: String,
+    by_ids: String,
 }
 
-impl SessionKey {
-    fn column(self) -> &'static str {
-        match self {
-            SessionKey::Id => "s.session_id",
-            SessionKey::CookieHash => "s.cookie_hash",
+impl HotStatements {
+    pub(super) fn new<DB: Dialect>() -> Self {
+        // The session if it is neither revoked nor expired at `now` ($2) and its user is active.
+        let active = |condition: &str| {
+            format!(
+                "SELECT {SESSION_COLUMNS}, {USER_COLUMNS} FROM auth_sessions s \
+                 JOIN users u ON u.user_db_id = s.user_id \
+                 LEFT JOIN roles r ON r.role_id = u.role_id \
+                 WHERE {condition} AND s.revoked_at IS NULL AND s.expires_at > $2 \
+                 AND COALESCE(u.active, TRUE)"
+            )
+        };
+        Self {
+            by_id: active("s.session_id = $1"),
+            by_cookie: active("s.cookie_hash = $1"),
+            by_ids: active(&format!("s.session_id IN ({})", DB::TEXTS_OF_JSON_ARRAY)),
         }
     }
 }
@@ -87,8 +98,25 @@ where
         session_id: &SessionId,
         now: Timestamp,
     ) -> Result<Option<SessionUser>, StoreError> {
-        self.active_session(SessionKey::Id, session_id.as_str(), now)
+        self.active_session(&self.hot.by_id, session_id.as_str(), now)
             .await
+    }
+
+    /// The active sessions among `ids` (those revoked, expired, of an inactive user or
+    /// unknown are left out), in one statement.
+    pub(super) async fn sessions_by_ids(
+        &self,
+        ids: &[SessionId],
+        now: Timestamp,
+    ) -> Result<Vec<SessionUser>, StoreError> {
+        let ids: Vec<&str> = ids.iter().map(SessionId::as_str).collect();
+        let list = serde_json::Value::from(ids).to_string();
+        let rows: Vec<SessionUserRow> = sqlx::query_as(&self.hot.by_ids)
+            .bind(list)
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
     }
 
     pub(super) async fn session_by_cookie(
@@ -96,25 +124,18 @@ where
         cookie_hash: &str,
         now: Timestamp,
     ) -> Result<Option<SessionUser>, StoreError> {
-        self.active_session(SessionKey::CookieHash, cookie_hash, now)
+        self.active_session(&self.hot.by_cookie, cookie_hash, now)
             .await
     }
 
     /// The session if it is neither revoked nor expired at `now` and its user is active.
     async fn active_session(
         &self,
-        by: SessionKey,
+        sql: &str,
         key: &str,
         now: Timestamp,
     ) -> Result<Option<SessionUser>, StoreError> {
-        let condition = by.column();
-        let sql = format!(
-            "SELECT {SESSION_COLUMNS}, {USER_COLUMNS} FROM auth_sessions s \
-             JOIN users u ON u.user_db_id = s.user_id LEFT JOIN roles r ON r.role_id = u.role_id \
-             WHERE {condition} = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 \
-             AND COALESCE(u.active, TRUE)"
-        );
-        let row: Option<SessionUserRow> = sqlx::query_as(&sql)
+        let row: Option<SessionUserRow> = sqlx::query_as(sql)
             .bind(key)
             .bind(now)
             .fetch_optional(&self.pool)

@@ -1,0 +1,243 @@
+//! SPEC §14: the bounded hashing queue (503 `overloaded` at once, nothing recorded against
+//! the account) and `GET /metrics` on its own listener, counted by the real binary.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::{parse, Backend, TestApp, TestUser, PASSWORD};
+use crate::responses::ErrorEnvelope;
+use crate::smtp_sink::free_port;
+
+/// With no wait allowed, a burst of sign-ins beyond the hashing slots is refused at once
+/// with 503 `overloaded` and `Retry-After`; the refused ones leave no sign-in record (so
+/// a storm cannot lock the account), and the rest sign in.
+async fn a_full_hashing_queue_answers_503_at_once(backend: Backend) {
+    let app = TestApp::builder(backend)
+        .env("HASH_QUEUE_MAX_WAIT_MS", "0")
+        .spawn()
+        .await;
+    let user = TestUser::new();
+    app.sign_up(&user).await;
+    let attempts = (0..48).map(|_| app.try_sign_in(&user.username, &user.password));
+    let answers = futures::future::join_all(attempts).await;
+    let (mut signed_in, mut overloaded) = (0, 0);
+    for r in answers {
+        match r.status().as_u16() {
+            200 => signed_in += 1,
+            503 => {
+                let retry_after: u64 = r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(retry_after >= 1);
+                let body: ErrorEnvelope = parse(r, 503).await;
+                assert_eq!(body.error.code, "overloaded");
+                overloaded += 1;
+            }
+            other => panic!("a sign-in answered {other}"),
+        }
+    }
+    assert!(
+        overloaded > 0,
+        "48 sign-ins at once on 2 slots with no wait: none refused"
+    );
+    assert!(signed_in > 0, "every sign-in refused");
+    let recorded = app.db.count("SELECT count(*) FROM login_attempts").await;
+    assert_eq!(
+        recorded, signed_in,
+        "refused sign-ins must leave no attempt behind"
+    );
+    // Once the burst is over the queue is empty again.
+    let r = app.try_sign_in(&user.username, &user.password).await;
+    assert_eq!(r.status(), 200);
+}
+
+crate::both_backends!(a_full_hashing_queue_answers_503_at_once);
+
+/// The real binary, with metrics on a port of their own.
+struct Server {
+    child: Child,
+    base: String,
+    metrics: String,
+}
+
+impl Server {
+    async fn start(dir: &std::path::Path, database_url: Option<&str>) -> Server {
+        let (port, metrics_port) = (free_port(), free_port());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_authflow"));
+        command
+            .current_dir(dir)
+            .env_clear()
+            .env("APP_HOST", "127.0.0.1")
+            .env("APP_PORT", port.to_string())
+            .env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(url) = database_url {
+            command.env("DATABASE_URL", url);
+        }
+        let mut child = command.spawn().unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        for _ in 0..300 {
+            if client.get(format!("{base}/health")).send().await.is_ok() {
+                return Server {
+                    child,
+                    base,
+                    metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("authflow did not start");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of one sample line (`name{labels} value`) of the Prometheus text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+async fn metrics_count_sign_ins_requests_and_the_queue(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let database = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(crate::helpers::fresh_pg_database().await),
+    };
+    let server = Server::start(dir.path(), database.as_ref().map(|d| d.url.as_str())).await;
+    let client = reqwest::Client::new();
+    let user = TestUser::new();
+    let r = client
+        .post(format!("{}/api/users/create-account", server.base))
+        .json(&json!({"name": user.name, "username": user.username, "email": user.email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    for (password, status) in [(PASSWORD, 200), ("not the password", 401)] {
+        let r = client
+            .post(format!("{}/api/auth/signin", server.base))
+            .json(&json!({"username": user.username, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status);
+    }
+    // Not on the service's own port.
+    let r = client
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    let r = client.get(&server.metrics).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let value = |series: &str| {
+        sample(&text, series).unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+    };
+    assert_eq!(value(r#"authflow_sign_ins_total{outcome="success"}"#), 1.0);
+    assert_eq!(value(r#"authflow_sign_ins_total{outcome="failure"}"#), 1.0);
+    assert_eq!(
+        value(
+            r#"authflow_http_requests_total{method="POST",route="/api/auth/signin",status="200"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            r#"authflow_http_requests_total{method="POST",route="/api/auth/signin",status="401"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(r#"authflow_http_requests_total{method="GET",route="unmatched",status="404"}"#),
+        1.0
+    );
+    assert!(
+        value(
+            r#"authflow_http_request_duration_seconds_count{method="POST",route="/api/users/create-account",status="201"}"#
+        ) == 1.0
+    );
+    // One hash for the account, one verification per sign-in.
+    assert_eq!(value("authflow_hash_queue_wait_seconds_count"), 3.0);
+    assert_eq!(value("authflow_hash_queue_depth"), 0.0);
+    // The welcome email is queued (no SMTP configured: the dev mailbox delivers it soon).
+    assert!(value("authflow_outbox_pending") >= 0.0);
+    assert_eq!(value("authflow_outbox_failed"), 0.0);
+    assert!(value("authflow_outbox_oldest_pending_age_seconds") >= 0.0);
+    assert!(value(r#"authflow_db_pool_connections{state="idle"}"#) >= 1.0);
+    assert!(text.contains("# HELP authflow_sign_ins_total"));
+}
+
+crate::both_backends!(metrics_count_sign_ins_requests_and_the_queue);
+
+/// Look-ups that share a statement refuse a session revoked on another instance from the
+/// very next request: no answer may come from a statement that started before the request.
+/// Two servers on one database; 16 clients hammer `/me` on the first with two sessions while
+/// the second server signs one of them out.
+async fn coalesced_look_ups_refuse_a_session_revoked_elsewhere_at_once(backend: Backend) {
+    let first = TestApp::spawn(backend).await;
+    let second = first.twin(backend).spawn().await;
+    let user = TestUser::new();
+    let doomed = first.sign_up_and_in(&user).await;
+    let kept = first.sign_in(&user).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let logged_out_at = std::sync::Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
+    let first = std::sync::Arc::new(first);
+    let clients = (0..16).map(|i| {
+        let (first, stop) = (std::sync::Arc::clone(&first), std::sync::Arc::clone(&stop));
+        let token = if i % 2 == 0 {
+            doomed.token.clone()
+        } else {
+            kept.token.clone()
+        };
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                let status = first.try_me(&token).await.status().as_u16();
+                seen.push((started, status));
+            }
+            (i % 2 == 0, seen)
+        })
+    });
+    let clients: Vec<_> = clients.collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    second.logout(&doomed).await;
+    *logged_out_at.lock().unwrap() = Some(std::time::Instant::now());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let logged_out_at = logged_out_at.lock().unwrap().unwrap();
+    let (mut before, mut after) = (0, 0);
+    for client in clients {
+        let (is_doomed, seen) = client.await.unwrap();
+        for (started, status) in seen {
+            if !is_doomed {
+                assert_eq!(status, 200, "the other session must stay signed in");
+            } else if started > logged_out_at {
+                assert_eq!(status, 401, "a request after the logout was let in");
+                after += 1;
+            } else if status == 200 {
+                before += 1;
+            }
+        }
+    }
+    assert!(before > 0 && after > 0, "before {before}, after {after}");
+}
+
+crate::both_backends!(coalesced_look_ups_refuse_a_session_revoked_elsewhere_at_once);
