@@ -158,6 +158,7 @@ both_backends!(
     unconfigured_providers_are_not_found,
     social_sign_in_counts_for_the_limits,
     the_pages_sign_in_directly_and_link_from_the_account,
+    social_sign_in_asks_for_the_second_step_too,
 );
 
 async fn a_new_user_signs_up_with_github(backend: Backend) {
@@ -751,6 +752,64 @@ async fn the_pages_sign_in_directly_and_link_from_the_account(backend: Backend) 
     assert!(page(&b, &app, &landed)
         .await
         .contains("does not say your email address is verified"));
+}
+
+/// With two-factor on, a social sign-in is a first factor like a password (SPEC §13): the
+/// API exchange answers `mfa_required` with no token or cookie, and the pages' flow goes to
+/// the second step with the `mfa_token` in a cookie for `/signin/mfa` alone — never a session.
+async fn social_sign_in_asks_for_the_second_step_too(backend: Backend) {
+    let (app, fake) = sso_app(backend).await;
+    let two = app.two_factor_user().await;
+    verify_email_in_db(&app, &two.user.email).await;
+    fake.sign_in_as(Person::new("41", &two.user.email));
+
+    // The API flow: linked by the verified email, then the second step.
+    let landed = through(&app, "github").await;
+    let code = param(&landed, "code").unwrap_or_else(|| panic!("no code: {landed}"));
+    let r = try_exchange(&app, &code).await;
+    assert!(
+        r.headers().get("set-cookie").is_none(),
+        "no cookie before the second step"
+    );
+    let answer: crate::responses::MfaRequired = parse(r, 200).await;
+    assert!(answer.mfa_required);
+    let tokens: Tokens = parse(
+        app.mfa_verify(&answer.mfa_token, &app.code_now(&two.secret))
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(tokens.user.email, two.user.email);
+
+    // The pages' flow: to the second step, not signed in.
+    let b = browser();
+    let r = b.get(app.url("/api/auth/sso/github")).send().await.unwrap();
+    let back = approve(&b, &location(&r)).await;
+    let r = callback(&b, &back).await;
+    assert_eq!(location(&r), "/signin/mfa");
+    let cookies: Vec<_> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        !cookies.iter().any(|c| c.starts_with("auth.sid=")),
+        "a session before the second step: {cookies:?}"
+    );
+    assert!(
+        cookies
+            .iter()
+            .any(|c| c.starts_with("authflow.mfa=") && c.contains("Path=/signin/mfa")),
+        "{cookies:?}"
+    );
+    let second = page(&b, &app, "/signin/mfa").await;
+    assert!(second.contains(r#"name="mfa_token""#), "{second}");
+    // The cookie served its one purpose: the page again, without it, is the sign-in page.
+    let r = b.get(app.url("/signin/mfa")).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    let r = b.get(app.url("/account")).send().await.unwrap();
+    assert_eq!(r.status(), 303, "not signed in by the first factor alone");
 }
 
 /// The button on `/signin`, clicked in a real Chromium, through the fake provider and back
