@@ -365,119 +365,26 @@ impl ClientCertificate {
     }
 }
 
-/// The subject of a DER certificate as `CN=…, O=…`; `?` when it cannot be read (webpki has
-/// verified the certificate, so that would be a name of a form this reader does not know).
+/// The subject of a DER certificate as RFC 4514 text (`CN=ops laptop,O=Example`); `?` when
+/// it cannot be read. Only printable ASCII is kept (anything else shows as `?`), so it is
+/// safe in a log line.
 fn subject_of(der: &[u8]) -> String {
-    let name = (|| {
-        let certificate = der::contents(der, der::SEQUENCE)?.0;
-        let mut tbs = der::contents(certificate, der::SEQUENCE)?.0;
-        // [0] version (optional), serial, signature algorithm, issuer, validity, subject.
-        if tbs.first() == Some(&0xa0) {
-            tbs = der::next(tbs)?.1;
-        }
-        for _ in 0..4 {
-            tbs = der::next(tbs)?.1;
-        }
-        der::contents(tbs, der::SEQUENCE).map(|(name, _)| name)
-    })();
-    name.and_then(der::distinguished_name)
-        .unwrap_or_else(|| "?".to_owned())
-}
-
-/// Just enough DER to read a certificate's subject.
-mod der {
-    pub const SEQUENCE: u8 = 0x30;
-    const SET: u8 = 0x31;
-    const OID: u8 = 0x06;
-
-    /// The first element: (tag, contents, rest).
-    pub fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, input) = input.split_first()?;
-        let (&first, mut input) = input.split_first()?;
-        let length = if first < 0x80 {
-            usize::from(first)
-        } else {
-            let octets = usize::from(first & 0x7f);
-            if octets == 0 || octets > 4 || input.len() < octets {
-                return None;
-            }
-            let (bytes, rest) = input.split_at(octets);
-            input = rest;
-            bytes.iter().fold(0usize, |n, &b| (n << 8) | usize::from(b))
-        };
-        if input.len() < length {
-            return None;
-        }
-        let (contents, rest) = input.split_at(length);
-        Some((tag, contents, rest))
-    }
-
-    /// The contents of the first element, which must have `tag`, and what follows it.
-    pub fn contents(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-        let (found, contents, rest) = element(input)?;
-        (found == tag).then_some((contents, rest))
-    }
-
-    /// The first element skipped: (its contents, the rest).
-    pub fn next(input: &[u8]) -> Option<(&[u8], &[u8])> {
-        element(input).map(|(_, contents, rest)| (contents, rest))
-    }
-
-    /// RDNSequence → `CN=a, O=b` (in the certificate's order).
-    pub fn distinguished_name(mut name: &[u8]) -> Option<String> {
-        let mut parts = Vec::new();
-        while !name.is_empty() {
-            let (mut rdn, rest) = contents(name, SET)?;
-            name = rest;
-            while !rdn.is_empty() {
-                let (attribute, rest) = contents(rdn, SEQUENCE)?;
-                rdn = rest;
-                let (oid, value) = contents(attribute, OID)?;
-                let (_, value, _) = element(value)?;
-                let text: String = String::from_utf8_lossy(value)
-                    .chars()
-                    .map(|c| {
-                        if c.is_ascii_graphic() || c == ' ' {
-                            c
-                        } else {
-                            '?'
-                        }
-                    })
-                    .collect();
-                parts.push(format!("{}={text}", attribute_name(oid)));
-            }
-        }
-        Some(parts.join(", "))
-    }
-
-    fn attribute_name(oid: &[u8]) -> String {
-        match oid {
-            [0x55, 0x04, 0x03] => "CN".to_owned(),
-            [0x55, 0x04, 0x05] => "serialNumber".to_owned(),
-            [0x55, 0x04, 0x06] => "C".to_owned(),
-            [0x55, 0x04, 0x07] => "L".to_owned(),
-            [0x55, 0x04, 0x08] => "ST".to_owned(),
-            [0x55, 0x04, 0x0a] => "O".to_owned(),
-            [0x55, 0x04, 0x0b] => "OU".to_owned(),
-            [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01] => "emailAddress".to_owned(),
-            other => {
-                // Dotted form: the first octet holds two arcs, the rest base-128 digits.
-                let mut arcs = Vec::new();
-                if let Some((&first, rest)) = other.split_first() {
-                    arcs.push((first / 40).min(2).to_string());
-                    arcs.push((first - 40 * (first / 40).min(2)).to_string());
-                    let mut n: u64 = 0;
-                    for &b in rest {
-                        n = (n << 7) | u64::from(b & 0x7f);
-                        if b & 0x80 == 0 {
-                            arcs.push(n.to_string());
-                            n = 0;
-                        }
-                    }
+    use x509_cert::der::Decode;
+    match x509_cert::Certificate::from_der(der) {
+        Ok(cert) => cert
+            .tbs_certificate
+            .subject
+            .to_string()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    c
+                } else {
+                    '?'
                 }
-                arcs.join(".")
-            }
-        }
+            })
+            .collect(),
+        Err(_) => "?".to_owned(),
     }
 }
 
@@ -485,43 +392,23 @@ mod der {
 mod tests {
     use super::*;
 
-    /// A certificate made by `openssl req -x509 -subj "/C=FR/O=Example, Inc./CN=ops laptop"`
-    /// would read the same; here a hand-made TBS with the same subject, enough for the reader.
     #[test]
     fn the_subject_reads_as_a_distinguished_name() {
-        fn tlv(tag: u8, contents: &[u8]) -> Vec<u8> {
-            let mut out = vec![tag];
-            if contents.len() < 0x80 {
-                out.push(contents.len() as u8);
-            } else {
-                out.push(0x82);
-                out.extend_from_slice(&(contents.len() as u16).to_be_bytes());
-            }
-            out.extend_from_slice(contents);
-            out
-        }
-        let attribute = |oid: &[u8], value: &str| {
-            let mut body = tlv(0x06, oid);
-            body.extend(tlv(0x0c, value.as_bytes()));
-            tlv(0x31, &tlv(0x30, &body))
-        };
-        let mut subject = attribute(&[0x55, 0x04, 0x06], "FR");
-        subject.extend(attribute(&[0x55, 0x04, 0x0a], "Example, Inc."));
-        subject.extend(attribute(&[0x55, 0x04, 0x03], "ops laptop\n"));
-        subject.extend(attribute(&[0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0x37], "x"));
-        let mut tbs = tlv(0xa0, &tlv(0x02, &[2]));
-        tbs.extend(tlv(0x02, &[1; 20]));
-        tbs.extend(tlv(0x30, &tlv(0x06, &[0x2a, 0x86, 0x48])));
-        tbs.extend(tlv(0x30, &[]));
-        tbs.extend(tlv(0x30, &[0u8; 200]));
-        tbs.extend(tlv(0x30, &subject));
-        tbs.extend(tlv(0x30, &[]));
-        let cert = tlv(0x30, &tlv(0x30, &tbs));
-        assert_eq!(
-            subject_of(&cert),
-            "C=FR, O=Example, Inc., CN=ops laptop?, 1.3.6.1.4.1.311=x"
-        );
-        assert_eq!(subject_of(&cert[..cert.len() - 3]), "?");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        let mut name = rcgen::DistinguishedName::new();
+        name.push(rcgen::DnType::CountryName, "FR");
+        name.push(rcgen::DnType::OrganizationName, "Example, Inc.");
+        name.push(rcgen::DnType::CommonName, "ops laptop\n");
+        params.distinguished_name = name;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let der = cert.der().to_vec();
+        let subject = subject_of(&der);
+        // RFC 4514 escapes: the newline cannot forge a log line.
+        assert!(subject.contains(r"CN=ops laptop\0a,"), "{subject}");
+        assert!(subject.contains("O=Example\\, Inc."), "{subject}");
+        assert!(subject.contains("C=FR"), "{subject}");
+        assert_eq!(subject_of(&der[..der.len() - 3]), "?");
         assert_eq!(subject_of(b"not der"), "?");
     }
 }
