@@ -147,16 +147,32 @@ pub struct TotpSetup {
     pub otpauth_url: String,
 }
 
-/// Recovery codes: 10 groups of 4+4 from an alphabet without look-alikes (about 50 bits each).
+/// Symbols of a recovery code: no look-alikes (no i, l, o, 0, 1).
+const RECOVERY_ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
+const RECOVERY_SYMBOLS: usize = 16;
+
+/// A recovery code: 16 symbols of 31 (79 bits, uniform by rejection sampling) in groups of
+/// four. Stored as a SHA-256 digest: at 79 bits, a stolen copy of the table cannot be
+/// searched back to the codes.
 fn recovery_code() -> String {
-    const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
-    let mut bytes = [0u8; 8];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let chars: String = bytes
-        .iter()
-        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
-        .collect();
-    format!("{}-{}", &chars[..4], &chars[4..])
+    let mut symbols = Vec::with_capacity(RECOVERY_SYMBOLS);
+    while symbols.len() < RECOVERY_SYMBOLS {
+        let mut byte = [0u8; 1];
+        rand::rngs::OsRng.fill_bytes(&mut byte);
+        // 248 = 8 × 31: the bytes above it would favour the first symbols.
+        if usize::from(byte[0]) < 248 {
+            symbols.push(RECOVERY_ALPHABET[usize::from(byte[0]) % RECOVERY_ALPHABET.len()]);
+        }
+    }
+    grouped(&symbols)
+}
+
+fn grouped(symbols: &[u8]) -> String {
+    symbols
+        .chunks(4)
+        .map(|group| String::from_utf8_lossy(group).into_owned())
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 /// A recovery code as typed: case, spaces and dashes do not matter.
@@ -166,8 +182,8 @@ fn normalize_recovery_code(code: &str) -> String {
         .filter(|c| c.is_ascii_alphanumeric())
         .map(|c| c.to_ascii_lowercase())
         .collect();
-    if plain.len() == 8 {
-        format!("{}-{}", &plain[..4], &plain[4..])
+    if plain.len() == RECOVERY_SYMBOLS {
+        grouped(plain.as_bytes())
     } else {
         plain
     }
@@ -482,7 +498,6 @@ impl Mfa<'_> {
             .reserve_attempt(&user.username.to_lowercase(), Some(&user), &client)
             .await?;
         let Some(method) = self.second_factor_ok(&user, &record, code).await? else {
-            self.store.fail_mfa_challenge(&hash).await?;
             self.finish_attempt_as(
                 attempt,
                 &client,
@@ -560,12 +575,13 @@ impl Mfa<'_> {
         client: &ClientInfo,
     ) -> Result<(), Error> {
         self.require_admin(caller, Scope::UsersWrite)?;
-        let target = self.admin().user(caller, uid).await?;
-        if target.db_id == caller.user.db_id && caller.session_id().is_err() {
+        // Like a role change: a leaked key must not be able to strip a second factor.
+        if caller.session_id().is_err() {
             return Err(Error::Forbidden(
-                "API keys cannot manage the account or sessions of their owner.",
+                "Two-factor is removed by a signed-in administrator, not an API key.",
             ));
         }
+        let target = self.admin().user(caller, uid).await?;
         let audit = self.audit_event(
             "mfa_removed_by_admin",
             Some(&caller.user),
@@ -638,7 +654,12 @@ mod tests {
     #[test]
     fn recovery_codes_are_typed_loosely() {
         let code = recovery_code();
-        assert_eq!(code.len(), 9);
+        assert_eq!(code.len(), 19);
+        assert!(
+            code.split('-')
+                .all(|group| group.len() == 4
+                    && group.bytes().all(|b| RECOVERY_ALPHABET.contains(&b)))
+        );
         assert_eq!(
             normalize_recovery_code(&code.to_uppercase().replace('-', " ")),
             code

@@ -195,7 +195,9 @@ impl Auth {
             .await?
             .ok_or(Error::InvalidToken)?;
         tracing::warn!(user = %user.uid, "\"this wasn't me\": every session ended");
-        self.send_reset(&user.email).await?;
+        // Found as the forgot-password form finds it: by the lower-cased address (accounts
+        // of the old service can hold mixed case).
+        self.send_reset(&user.email.to_lowercase()).await?;
         Ok(())
     }
 }

@@ -316,6 +316,13 @@ impl Config {
     pub fn is_production(&self) -> bool {
         self.environment == Environment::Production
     }
+
+    /// Cookies carry `Secure` in production, and whenever the service is reached over HTTPS
+    /// (an `https://` `APP_URL`, or TLS served here): a plain-HTTP port beside it — the
+    /// redirect port — must never see them.
+    pub fn secure_cookies(&self) -> bool {
+        self.is_production() || self.app_url.starts_with("https://") || self.tls.is_some()
+    }
 }
 
 /// The TLS variables: both files or neither; client certificates only over TLS, and
@@ -630,6 +637,18 @@ mod tests {
             url(&[("SMTP_PORT", "25")]).as_deref(),
             Some("smtp://smtp.example.com:25")
         );
+    }
+
+    #[test]
+    fn cookies_are_secure_whenever_the_service_is_reached_over_https() {
+        let secure =
+            |pairs: &[(&str, &str)]| Config::from_vars(&vars(pairs)).unwrap().secure_cookies();
+        assert!(!secure(&[]));
+        assert!(secure(&[("APP_URL", "https://auth.example.com")]));
+        assert!(secure(&[
+            ("TLS_CERT_PATH", "/cert.pem"),
+            ("TLS_KEY_PATH", "/key.pem")
+        ]));
     }
 
     #[test]

@@ -94,7 +94,7 @@ pub struct SessionsResponse {
 }
 
 pub(super) fn session_cookie(state: &AppState, value: &str, max_age_secs: u64) -> HeaderValue {
-    let secure = if state.config.is_production() {
+    let secure = if state.config.secure_cookies() {
         "; Secure"
     } else {
         ""

@@ -281,6 +281,8 @@ pub fn router(state: AppState) -> Router {
     let mut app = api.merge(docs::router(openapi));
     if state.config.pages {
         app = app.merge(pages::router(production));
+    } else {
+        app = app.merge(pages::not_me_router());
     }
     let metrics = state.config.metrics_addr.is_some();
     if metrics {

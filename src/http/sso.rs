@@ -141,7 +141,7 @@ fn checked_redirect(state: &AppState, redirect_to: Option<&str>) -> Result<Optio
 }
 
 fn flow_cookie(state: &AppState, value: &str, max_age_secs: u64) -> HeaderValue {
-    let secure = if state.config.is_production() {
+    let secure = if state.config.secure_cookies() {
         "; Secure"
     } else {
         ""
@@ -157,7 +157,7 @@ fn flow_cookie(state: &AppState, value: &str, max_age_secs: u64) -> HeaderValue 
 pub(super) const MFA_COOKIE: &str = "authflow.mfa";
 
 fn mfa_cookie(state: &AppState, mfa_token: &str) -> HeaderValue {
-    let secure = if state.config.is_production() {
+    let secure = if state.config.secure_cookies() {
         "; Secure"
     } else {
         ""

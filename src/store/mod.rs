@@ -761,7 +761,6 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
         max_failures: i32,
     ) -> Result<Option<MfaChallenge>, StoreError>;
-    async fn fail_mfa_challenge(&self, hash: &str) -> Result<(), StoreError>;
     /// Single use under concurrency: `false` when already used.
     async fn use_mfa_challenge(&self, hash: &str, now: Timestamp) -> Result<bool, StoreError>;
 

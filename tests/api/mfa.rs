@@ -611,7 +611,7 @@ async fn person_sets_up_two_factor_on_the_account_page_and_signs_in_with_it_in_a
     browser.wait_for_count("#recovery-codes li", 10).await;
     browser.screenshots("account-mfa-on").await;
     let recovery = browser.text("#recovery-codes li").await;
-    assert_eq!(recovery.trim().len(), 9, "{recovery}");
+    assert_eq!(recovery.trim().len(), 19, "{recovery}");
     // Shown once: the page opened again has none.
     browser.goto(&app.url("/account")).await;
     browser.wait_for("form#mfa-disable").await;

@@ -513,6 +513,15 @@ async fn pages_off_leaves_the_api_only() {
     }
     let r = app.client.get(app.url("/health")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    // Except the one page a security notice links to: "this wasn't me" still works.
+    let r = app
+        .client
+        .get(app.url("/not-me?token=never-issued"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("<form"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,7 +39,7 @@ pub(super) fn second_step(
     let target = redirect_origin(redirect_to);
     let mut response = super::html(status, &page, target.as_deref());
     if visit.new_csrf_cookie {
-        let cookie = super::cookie(super::CSRF_COOKIE, &visit.csrf, None, visit.production);
+        let cookie = super::cookie(super::CSRF_COOKIE, &visit.csrf, None, visit.secure_cookies);
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
     response

@@ -87,6 +87,11 @@ pub fn router(production: bool) -> Router<AppState> {
     }
 }
 
+/// With `PAGES=off`, the one page an email still links to: "this wasn't me" (SPEC §13).
+pub fn not_me_router() -> Router<AppState> {
+    Router::new().route("/not-me", get(mfa::not_me_form).post(mfa::not_me))
+}
+
 /// What the layout of every page needs: the form token and who is signed in.
 #[derive(Debug, Clone, Default)]
 pub struct PageCtx {
@@ -107,7 +112,8 @@ pub struct Visit {
     pub principal: Option<Principal>,
     pub csrf: String,
     new_csrf_cookie: bool,
-    production: bool,
+    /// Whether its cookies carry `Secure` ([`crate::config::Config::secure_cookies`]).
+    secure_cookies: bool,
     /// What the pages show of social sign-in.
     sso: (Vec<sso::SsoButton>, Option<String>, Option<&'static str>),
 }
@@ -117,7 +123,7 @@ impl FromRequestParts<AppState> for Visit {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         let jar = CookieJar::from_headers(&parts.headers);
-        let production = state.config.is_production();
+        let secure_cookies = state.config.secure_cookies();
         let principal = match jar.get(SESSION_COOKIE) {
             None => None,
             Some(cookie) => match state
@@ -133,7 +139,7 @@ impl FromRequestParts<AppState> for Visit {
                         principal: None,
                         csrf: String::new(),
                         new_csrf_cookie: false,
-                        production,
+                        secure_cookies,
                         sso: Default::default(),
                     };
                     return Err(visit.error(e));
@@ -175,7 +181,7 @@ impl FromRequestParts<AppState> for Visit {
             principal,
             csrf,
             new_csrf_cookie,
-            production,
+            secure_cookies,
             sso: (buttons, sso_error, sso_notice),
         })
     }
@@ -200,7 +206,7 @@ impl Visit {
     pub fn render(&self, status: StatusCode, template: &impl Template) -> Response {
         let mut response = html(status, template, None);
         if self.new_csrf_cookie {
-            let cookie = cookie(CSRF_COOKIE, &self.csrf, None, self.production);
+            let cookie = cookie(CSRF_COOKIE, &self.csrf, None, self.secure_cookies);
             response.headers_mut().append(header::SET_COOKIE, cookie);
         }
         response
@@ -344,11 +350,11 @@ pub fn see_other(location: &str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
 }
 
-fn cookie(name: &str, value: &str, max_age_secs: Option<u64>, production: bool) -> HeaderValue {
+fn cookie(name: &str, value: &str, max_age_secs: Option<u64>, secure: bool) -> HeaderValue {
     let max_age = max_age_secs
         .map(|s| format!("; Max-Age={s}"))
         .unwrap_or_default();
-    let secure = if production { "; Secure" } else { "" };
+    let secure = if secure { "; Secure" } else { "" };
     // Lax, not Strict: a link opened from an email must not replace the token the site's
     // other tabs hold (a Strict cookie is not sent on that first request).
     HeaderValue::from_str(&format!(

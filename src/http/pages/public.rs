@@ -172,7 +172,7 @@ fn signin_page(
             super::CSRF_COOKIE,
             &visit.csrf,
             None,
-            state.config.is_production(),
+            state.config.secure_cookies(),
         );
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }

@@ -222,10 +222,13 @@ where
         now: Timestamp,
         max_failures: i32,
     ) -> Result<Option<MfaChallenge>, StoreError> {
+        // Counted before the code is judged, in the statement that checks the count: parallel
+        // guesses cannot all see a count under the limit.
         let row: Option<ChallengeRow> = sqlx::query_as(
-            "SELECT CAST(user_id AS BIGINT) AS user_id, CAST(attempt_id AS BIGINT) AS attempt_id, \
-             method, failures FROM mfa_challenges \
-             WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 AND failures < $3",
+            "UPDATE mfa_challenges SET failures = failures + 1 \
+             WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 AND failures < $3 \
+             RETURNING CAST(user_id AS BIGINT) AS user_id, CAST(attempt_id AS BIGINT) AS attempt_id, \
+             method, failures",
         )
         .bind(hash)
         .bind(now)
@@ -238,14 +241,6 @@ where
             method: r.method,
             failures: r.failures,
         }))
-    }
-
-    pub(super) async fn fail_mfa_challenge(&self, hash: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE mfa_challenges SET failures = failures + 1 WHERE token_hash = $1")
-            .bind(hash)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
     }
 
     pub(super) async fn use_mfa_challenge(

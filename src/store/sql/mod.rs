@@ -440,9 +440,6 @@ where
     ) -> Result<Option<MfaChallenge>, StoreError> {
         SqlStore::mfa_challenge(self, hash, now, max_failures).await
     }
-    async fn fail_mfa_challenge(&self, hash: &str) -> Result<(), StoreError> {
-        SqlStore::fail_mfa_challenge(self, hash).await
-    }
     async fn use_mfa_challenge(&self, hash: &str, now: Timestamp) -> Result<bool, StoreError> {
         SqlStore::use_mfa_challenge(self, hash, now).await
     }
