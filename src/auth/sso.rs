@@ -145,6 +145,14 @@ const SIGN_IN_WITH_PASSWORD_FIRST: Error = Error::SsoRefused {
     code: "sign_in_with_password_first",
     message: "An account with this email exists but its email is not verified. Sign in with your password first, then link this sign-in method from your account.",
 };
+const SET_PASSWORD_FIRST: Error = Error::SsoRefused {
+    code: "password_not_set",
+    message: "Linking a sign-in method needs your current password, and this account has none: set one with \"forgot password\" first.",
+};
+const LINK_SESSION_ENDED: Error = Error::SsoRefused {
+    code: "link_session_ended",
+    message: "The session that started this link was signed out meanwhile; sign in and start the link again.",
+};
 const ACCOUNT_DISABLED: Error = Error::SsoRefused {
     code: "account_disabled",
     message: "This account is deactivated.",
@@ -189,19 +197,60 @@ impl SocialSignIn<'_> {
         format!("{}/api/auth/sso/{slug}/callback", self.config.app_url)
     }
 
-    /// Starts a flow: stores it and answers the provider's authorization URL. `redirect_to`
-    /// is already allow-listed by the caller (`None`: the pages' own flow); `link_to` makes it
-    /// an explicit link for a signed-in user.
+    /// Starts a sign-in flow: stores it and answers the provider's authorization URL.
+    /// `redirect_to` is already allow-listed by the caller (`None`: the pages' own flow).
     pub async fn start(
         &self,
         slug: &str,
         redirect_to: Option<String>,
-        link_to: Option<&Principal>,
+    ) -> Result<StartedFlow, Error> {
+        self.begin(slug, redirect_to, None).await
+    }
+
+    /// Starts an explicit link for the signed-in person (SPEC §11, §9): a session alone
+    /// cannot add a lasting way in, so it takes the current password (checked and limited
+    /// like a sign-in) and a verified email, and the flow is bound to this session: the
+    /// callback links only while it is still active.
+    pub async fn start_link(
+        &self,
+        principal: &Principal,
+        slug: &str,
+        password: String,
+        redirect_to: Option<String>,
+        client: &ClientInfo,
+    ) -> Result<StartedFlow, Error> {
+        let session = principal.session_id()?.clone();
+        self.provider(slug)?;
+        if password.is_empty() {
+            return Err(Error::Validation(vec![FieldError::new(
+                "password",
+                "Your current password is required to link a sign-in method.",
+            )]));
+        }
+        let stored = self
+            .store
+            .credentials_by_id(principal.user.db_id)
+            .await?
+            .ok_or(ACCOUNT_DISABLED)?;
+        if !crate::store::password_is_usable(&stored.password_hash) {
+            return Err(SET_PASSWORD_FIRST);
+        }
+        if !stored.user.email_verified {
+            return Err(Error::EmailNotVerified);
+        }
+        self.verify_current_password(&principal.user, password, client)
+            .await?;
+        self.begin(slug, redirect_to, Some((principal.user.db_id, session)))
+            .await
+    }
+
+    async fn begin(
+        &self,
+        slug: &str,
+        redirect_to: Option<String>,
+        link_to: Option<(UserId, SessionId)>,
     ) -> Result<StartedFlow, Error> {
         let provider = self.provider(slug)?;
-        if let Some(principal) = link_to {
-            principal.session_id()?;
-        }
         let state = random_token();
         let secret = random_token();
         let redirect = self.callback_url(slug);
@@ -227,7 +276,8 @@ impl SocialSignIn<'_> {
                 browser_hash: digest(&secret),
                 provider: slug.to_owned(),
                 redirect_to,
-                link_user: link_to.map(|p| p.user.db_id),
+                link_user: link_to.as_ref().map(|(user, _)| *user),
+                link_session: link_to.map(|(_, session)| session),
                 now,
                 expires_at: now + time::duration(FLOW_TTL),
             })
@@ -266,7 +316,7 @@ impl SocialSignIn<'_> {
                 &params,
                 secret,
                 state,
-                flow.link_user,
+                flow.link_user.map(|user| (user, flow.link_session)),
                 flow.redirect_to.is_none(),
                 client,
             )
@@ -287,7 +337,7 @@ impl SocialSignIn<'_> {
         params: &CallbackParams,
         secret: &str,
         state: &str,
-        link_user: Option<UserId>,
+        link_user: Option<(UserId, Option<SessionId>)>,
         pages: bool,
         client: ClientInfo,
     ) -> Result<Landing, Error> {
@@ -323,7 +373,7 @@ impl SocialSignIn<'_> {
             }
         };
         match link_user {
-            Some(user) => self.link(provider, slug, user, identity).await,
+            Some((user, session)) => self.link(provider, slug, user, session, identity).await,
             None => self.sign_in(provider, identity, pages, client).await,
         }
     }
@@ -333,16 +383,25 @@ impl SocialSignIn<'_> {
         provider: Provider<'_>,
         slug: &str,
         user_db_id: UserId,
+        session: Option<SessionId>,
         identity: ProviderIdentity,
     ) -> Result<Landing, Error> {
         let method = provider.method();
-        let user = self
-            .store
-            .credentials_by_id(user_db_id)
-            .await?
-            .map(|c| c.user)
+        // The session that started the link must still be active: a password reset, "this
+        // wasn't me" or logout-all in between revoked it, and with it this link.
+        let session = match session {
+            Some(id) => self.store.session_by_id(&id, self.clock.now()).await?,
+            None => None,
+        };
+        let Some(session) = session.filter(|s| s.user.db_id == user_db_id) else {
+            return Err(LINK_SESSION_ENDED);
+        };
+        let user = Some(session.user)
             .filter(|u| u.active)
             .ok_or(ACCOUNT_DISABLED)?;
+        if !user.email_verified {
+            return Err(Error::EmailNotVerified);
+        }
         match self.store.identity_user(method, &identity.subject).await? {
             Some(owner) if owner.db_id == user.db_id => return Ok(Landing::Linked(slug.into())),
             Some(_) => return Err(StoreErrorIdentityTaken.into()),

@@ -73,6 +73,10 @@ pub struct ExchangeRequest {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct LinkRequest {
+    /// The account's current password: a session alone cannot add a lasting way in
+    /// (checked and limited like a sign-in: 401 `invalid_credentials`, 429).
+    #[schema(required = true, min_length = 1)]
+    pub password: String,
     /// Where the browser goes back with `?linked=<provider>` (or `?error=…`); same rule as
     /// for sign-in. Omitted: `/account` when the pages are on.
     pub redirect_to: Option<String>,
@@ -97,22 +101,6 @@ pub struct IdentityView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct IdentitiesResponse {
     pub identities: Vec<IdentityView>,
-}
-
-/// The optional body of a link request: nothing, `null`, or an object (anything else 400).
-fn link_body(bytes: &[u8]) -> Result<Option<LinkRequest>, Error> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
-    }
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| Error::InvalidBody(e.to_string()))?;
-    match value {
-        serde_json::Value::Null => Ok(None),
-        serde_json::Value::Object(_) => serde_json::from_value(value)
-            .map(Some)
-            .map_err(|e| Error::InvalidBody(e.to_string())),
-        _ => Err(Error::InvalidBody("expected a JSON object".into())),
-    }
 }
 
 /// An allow-listed `redirect_to`, or 400; `None` for the pages' flow (pages on).
@@ -140,7 +128,7 @@ fn checked_redirect(state: &AppState, redirect_to: Option<&str>) -> Result<Optio
     Ok(Some(url.to_string()))
 }
 
-fn flow_cookie(state: &AppState, value: &str, max_age_secs: u64) -> HeaderValue {
+pub(super) fn flow_cookie(state: &AppState, value: &str, max_age_secs: u64) -> HeaderValue {
     let secure = if state.config.secure_cookies() {
         "; Secure"
     } else {
@@ -212,7 +200,7 @@ async fn start(
         return Err(Error::NotFound("provider"));
     }
     let redirect_to = checked_redirect(&state, query.redirect_to.as_deref())?;
-    let flow = sso.start(&provider, redirect_to, None).await?;
+    let flow = sso.start(&provider, redirect_to).await?;
     Ok(redirect(
         &flow.authorize_url,
         vec![flow_cookie(
@@ -314,32 +302,36 @@ async fn exchange(
 }
 
 /// Link a provider to the signed-in account: answers the URL to send the browser to (and
-/// sets the flow's cookie); the provider's identity is linked when it comes back.
+/// sets the flow's cookie); the provider's identity is linked when it comes back, if the
+/// session that asked is still active then. Needs the current password and a verified email.
 #[utoipa::path(post, path = "/api/auth/sso/{provider}/link", tag = "sso",
     params(("provider" = String, Path, description = "`github`, `google`, or an OIDC provider's name")),
-    request_body(content = Option<LinkRequest>),
+    request_body = LinkRequest,
     responses(
         (status = 200, description = "The provider's authorization URL; sets the `authflow.sso` cookie", body = LinkResponse),
-        (status = 400, description = "validation_failed: `redirect_to` is not on an allowed origin", body = ErrorEnvelope),
-        (status = 401, body = ErrorEnvelope),
-        (status = 403, description = "an API key, or a cookie without an allowed Origin", body = ErrorEnvelope),
+        (status = 400, description = "validation_failed: no password, or `redirect_to` is not on an allowed origin", body = ErrorEnvelope),
+        (status = 401, description = "not signed in, or a wrong password (invalid_credentials)", body = ErrorEnvelope),
+        (status = 403, description = "email_not_verified: the account's email is not verified; password_not_set: the account has no password (set one through \"forgot password\"); an API key, or a cookie without an allowed Origin", body = ErrorEnvelope),
         (status = 404, description = "not_found: no such provider is configured", body = ErrorEnvelope),
+        (status = 429, description = "too many wrong passwords, with Retry-After", body = ErrorEnvelope),
         (status = 502, description = "provider_error: the provider's discovery document could not be read", body = ErrorEnvelope)),
     security(("bearer" = []), ("cookie" = [])))]
 async fn link(
     State(state): State<AppState>,
     AuthUser(principal): AuthUser,
+    Client(client): Client,
     Path(provider): Path<String>,
-    body: axum::body::Bytes,
+    ApiJson(body): ApiJson<LinkRequest>,
 ) -> Result<Response, Error> {
-    let body = link_body(&body)?;
     principal.session_id()?;
     let sso = state.auth.sso();
     if !sso.providers().iter().any(|p| p.slug == provider) {
         return Err(Error::NotFound("provider"));
     }
-    let redirect_to = checked_redirect(&state, body.and_then(|b| b.redirect_to).as_deref())?;
-    let flow = sso.start(&provider, redirect_to, Some(&principal)).await?;
+    let redirect_to = checked_redirect(&state, body.redirect_to.as_deref())?;
+    let flow = sso
+        .start_link(&principal, &provider, body.password, redirect_to, &client)
+        .await?;
     Ok((
         [(
             header::SET_COOKIE,

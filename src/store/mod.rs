@@ -881,6 +881,8 @@ pub struct NewSsoFlow {
     pub provider: String,
     pub redirect_to: Option<String>,
     pub link_user: Option<UserId>,
+    /// For a link: the session that started it (the callback needs it still active).
+    pub link_session: Option<SessionId>,
     pub now: Timestamp,
     pub expires_at: Timestamp,
 }
@@ -891,6 +893,7 @@ pub struct SsoFlow {
     pub provider: String,
     pub redirect_to: Option<String>,
     pub link_user: Option<UserId>,
+    pub link_session: Option<SessionId>,
     pub expires_at: Timestamp,
 }
 

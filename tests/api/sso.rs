@@ -128,6 +128,42 @@ async fn identities(app: &TestApp, tokens: &Tokens) -> Vec<String> {
     list.identities.into_iter().map(|i| i.provider).collect()
 }
 
+/// `POST /api/auth/sso/{provider}/link` from this browser, with this body.
+async fn ask_link(
+    b: &Client,
+    app: &TestApp,
+    tokens: &Tokens,
+    provider: &str,
+    body: serde_json::Value,
+) -> Response {
+    b.post(app.url(&format!("/api/auth/sso/{provider}/link")))
+        .bearer_auth(&tokens.token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A link started with the right password: the provider's authorization URL.
+async fn start_link(
+    b: &Client,
+    app: &TestApp,
+    tokens: &Tokens,
+    password: &str,
+    provider: &str,
+) -> String {
+    let body = json!({ "password": password, "redirect_to": front_end() });
+    let link: LinkUrl = parse(ask_link(b, app, tokens, provider, body).await, 200).await;
+    link.url
+}
+
+/// A local account with a password and a verified email, signed in through the API.
+async fn verified_user(app: &TestApp) -> (TestUser, Tokens) {
+    let (user, tokens) = app.signed_in_user().await;
+    verify_email_in_db(app, &user.email).await;
+    (user, tokens)
+}
+
 async fn verify_email_in_db(app: &TestApp, email: &str) {
     app.db
         .execute(&format!(
@@ -158,6 +194,9 @@ both_backends!(
     unconfigured_providers_are_not_found,
     social_sign_in_counts_for_the_limits,
     the_pages_sign_in_directly_and_link_from_the_account,
+    linking_needs_the_current_password,
+    linking_needs_a_verified_email_and_a_password_of_its_own,
+    a_link_dies_with_the_session_that_started_it,
     social_sign_in_asks_for_the_second_step_too,
 );
 
@@ -468,21 +507,13 @@ async fn the_one_time_code_is_single_use_and_short_lived(backend: Backend) {
 
 async fn a_signed_in_user_links_lists_and_unlinks(backend: Backend) {
     let (app, fake) = sso_app(backend).await;
-    // An unverified local account may link explicitly: the person proved both sides.
-    let (user, tokens) = app.signed_in_user().await;
+    let (user, tokens) = verified_user(&app).await;
     app.deliver_all_emails().await;
     let before = app.emails().len();
     let b = browser();
-    let r = b
-        .post(app.url("/api/auth/sso/github/link"))
-        .bearer_auth(&tokens.token)
-        .json(&json!({ "redirect_to": front_end() }))
-        .send()
-        .await
-        .unwrap();
-    let link: LinkUrl = parse(r, 200).await;
+    let link_url = start_link(&b, &app, &tokens, &user.password, "github").await;
     fake.sign_in_as(Person::new("1234", "someone.else@example.org"));
-    let back = approve(&b, &link.url).await;
+    let back = approve(&b, &link_url).await;
     let landed = location(&callback(&b, &back).await);
     assert_eq!(
         param(&landed, "linked").as_deref(),
@@ -500,17 +531,10 @@ async fn a_signed_in_user_links_lists_and_unlinks(backend: Backend) {
     assert_eq!(social.user.id, tokens.user.id);
 
     // The identity cannot be linked to a second account.
-    let (_, other) = app.signed_in_user().await;
+    let (other_user, other) = verified_user(&app).await;
     let b = browser();
-    let r = b
-        .post(app.url("/api/auth/sso/github/link"))
-        .bearer_auth(&other.token)
-        .json(&json!({ "redirect_to": front_end() }))
-        .send()
-        .await
-        .unwrap();
-    let link: LinkUrl = parse(r, 200).await;
-    let landed = location(&callback(&b, &approve(&b, &link.url).await).await);
+    let link_url = start_link(&b, &app, &other, &other_user.password, "github").await;
+    let landed = location(&callback(&b, &approve(&b, &link_url).await).await);
     assert_eq!(
         param(&landed, "error").as_deref(),
         Some("identity_taken"),
@@ -545,7 +569,11 @@ async fn a_signed_in_user_links_lists_and_unlinks(backend: Backend) {
     assert_error(r, 404, "not_found").await;
     // Linking needs a signed-in person.
     assert_error(
-        app.post("/api/auth/sso/github/link", json!({})).await,
+        app.post(
+            "/api/auth/sso/github/link",
+            json!({ "password": user.password }),
+        )
+        .await,
         401,
         "unauthorized",
     )
@@ -564,23 +592,22 @@ async fn the_last_way_in_cannot_be_unlinked(backend: Backend) {
     let unlink = |provider: &'static str| unlink_from(&app, &tokens, provider);
     assert_error(unlink("github").await, 409, "last_sign_in_method").await;
 
-    // A second provider linked: either may go, but not both.
+    // Explicit linking needs a password this account does not have…
     let b = browser();
-    let r = b
-        .post(app.url("/api/auth/sso/acme/link"))
-        .bearer_auth(&tokens.token)
-        .json(&json!({ "redirect_to": front_end() }))
-        .send()
-        .await
-        .unwrap();
-    let link: LinkUrl = parse(r, 200).await;
+    let r = ask_link(
+        &b,
+        &app,
+        &tokens,
+        "acme",
+        json!({ "password": "anything at all 1" }),
+    )
+    .await;
+    assert_error(r, 403, "password_not_set").await;
+    // …but the same verified email at a second provider links by itself: either may go,
+    // but not both.
     fake.sign_in_as(Person::new("acme-808", "solo@example.com"));
-    let landed = location(&callback(&b, &approve(&b, &link.url).await).await);
-    assert_eq!(
-        param(&landed, "linked").as_deref(),
-        Some("acme"),
-        "{landed}"
-    );
+    let social = sign_in_with(&app, "acme").await;
+    assert_eq!(social.user.id, tokens.user.id);
     assert_eq!(identities(&app, &tokens).await, ["github", "oidc:acme"]);
     assert_eq!(unlink("github").await.status(), 204);
     assert_error(unlink("acme").await, 409, "last_sign_in_method").await;
@@ -678,6 +705,15 @@ async fn page(b: &Client, app: &TestApp, path: &str) -> String {
     r.text().await.unwrap()
 }
 
+/// The form's token on a page.
+fn csrf_of(html: &str) -> String {
+    html.split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned()
+}
+
 async fn the_pages_sign_in_directly_and_link_from_the_account(backend: Backend) {
     let (app, fake) = sso_app(backend).await;
     let b = browser();
@@ -692,8 +728,10 @@ async fn the_pages_sign_in_directly_and_link_from_the_account(backend: Backend) 
         .await
         .contains(r#"id="sso-github""#));
 
-    // The button: no redirect_to, so the pages' flow, which ends signed in on /account.
-    fake.sign_in_as(Person::new("31", "pages@example.com"));
+    // The button: no redirect_to, so the pages' flow, which ends signed in on /account (a
+    // local account with a password, linked by its verified email).
+    let (user, _) = verified_user(&app).await;
+    fake.sign_in_as(Person::new("31", &user.email));
     let r = b.get(app.url("/api/auth/sso/github")).send().await.unwrap();
     let back = approve(&b, &location(&r)).await;
     let r = callback(&b, &back).await;
@@ -713,18 +751,58 @@ async fn the_pages_sign_in_directly_and_link_from_the_account(backend: Backend) 
     let account = page(&b, &app, "/account").await;
     assert!(account.contains("Linked sign-in methods"), "{account}");
     assert!(account.contains(r#"id="unlink-github""#));
+    assert!(account.contains(r#"id="link-acme-password""#), "{account}");
+    let csrf = csrf_of(&account);
+    let link_form = |password: &str, csrf: &str| {
+        b.post(app.url("/account/identities/link"))
+            .form(&[("csrf", csrf), ("provider", "acme"), ("password", password)])
+            .send()
+    };
 
-    // Link acme from the account page: a link carrying the page's token.
-    let href = account
-        .split(r#"id="link-acme" href=""#)
+    // A wrong password, or none, starts nothing.
+    for wrong in ["not my password 1", ""] {
+        let r = link_form(wrong, &csrf).await.unwrap();
+        assert_eq!(r.status(), 303);
+        let to = r.headers()["location"].to_str().unwrap().to_owned();
+        assert!(to.starts_with("/account?sso_error="), "{to}");
+        assert!(r.headers().get("set-cookie").is_none());
+    }
+    assert!(page(&b, &app, "/account?sso_error=invalid_credentials")
+        .await
+        .contains("That is not your current password"));
+    assert_eq!(app.db.count("SELECT count(*) FROM sso_flows").await, 0);
+    // Without the page's token the form is refused.
+    let r = link_form(&user.password, "forged").await.unwrap();
+    assert_eq!(r.status(), 403);
+    // The old link (a GET) starts nothing either.
+    let r = b
+        .get(app.url(&format!("/account/identities/acme/link?csrf={csrf}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(!r.status().is_redirection(), "{}", r.status());
+    assert_eq!(app.db.count("SELECT count(*) FROM sso_flows").await, 0);
+
+    // The password: a page whose link leads on to the provider (a form's redirect to
+    // another origin would break the pages' form-action policy).
+    let r = link_form(&user.password, &csrf).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .any(|c| c.to_str().unwrap().starts_with("authflow.sso=")));
+    let onward = r.text().await.unwrap();
+    assert!(onward.contains("Continue to acme"), "{onward}");
+    let to_provider = onward
+        .split(r#"<a class="button" href=""#)
         .nth(1)
         .and_then(|rest| rest.split('"').next())
         .unwrap()
+        .replace("&#38;", "&")
         .replace("&amp;", "&");
-    let r = b.get(app.url(&href)).send().await.unwrap();
-    assert_eq!(r.status(), 303);
-    let to_provider = r.headers()["location"].to_str().unwrap().to_owned();
-    fake.sign_in_as(Person::new("acme-31", "pages@example.com"));
+    assert!(to_provider.starts_with(&fake.url), "{to_provider}");
+    fake.sign_in_as(Person::new("acme-31", &user.email));
     let back = approve(&b, &to_provider).await;
     let landed = location(&callback(&b, &back).await);
     assert_eq!(landed, "/account?linked=acme");
@@ -734,13 +812,6 @@ async fn the_pages_sign_in_directly_and_link_from_the_account(backend: Backend) 
         "{account}"
     );
     assert!(account.contains(r#"id="unlink-acme""#));
-    // Without the page's token the link goes nowhere.
-    let r = b
-        .get(app.url("/account/identities/google/link?csrf=forged"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.headers()["location"], "/account?sso_error=invalid_state");
 
     // A refusal lands on /signin with the reason in words.
     let b = browser();
@@ -752,6 +823,176 @@ async fn the_pages_sign_in_directly_and_link_from_the_account(backend: Backend) 
     assert!(page(&b, &app, &landed)
         .await
         .contains("does not say your email address is verified"));
+}
+
+/// SPEC §9: a stolen session or token alone cannot add a lasting way in.
+async fn linking_needs_the_current_password(backend: Backend) {
+    let (app, fake) = sso_app(backend).await;
+    let (user, tokens) = verified_user(&app).await;
+    let b = browser();
+    let r = ask_link(
+        &b,
+        &app,
+        &tokens,
+        "github",
+        json!({ "password": "not my password 1", "redirect_to": front_end() }),
+    )
+    .await;
+    assert!(r.headers().get("set-cookie").is_none());
+    assert_error(r, 401, "invalid_credentials").await;
+    let r = ask_link(
+        &b,
+        &app,
+        &tokens,
+        "github",
+        json!({ "redirect_to": front_end() }),
+    )
+    .await;
+    assert_error(r, 400, "validation_failed").await;
+    let r = ask_link(&b, &app, &tokens, "github", json!({ "password": "" })).await;
+    assert_error(r, 400, "validation_failed").await;
+    // No flow started, nothing linked, and the wrong password is on record like a sign-in's.
+    assert_eq!(app.db.count("SELECT count(*) FROM sso_flows").await, 0);
+    assert!(identities(&app, &tokens).await.is_empty());
+    assert!(
+        app.db
+            .count("SELECT count(*) FROM login_attempts WHERE NOT success")
+            .await
+            >= 1
+    );
+    // An API key cannot link, even with the password.
+    let key = app
+        .create_key(&tokens, json!({ "name": "bot", "password": user.password }))
+        .await;
+    let r = b
+        .post(app.url("/api/auth/sso/github/link"))
+        .bearer_auth(&key.key)
+        .json(&json!({ "password": user.password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // The right password: the link goes through.
+    fake.sign_in_as(Person::new("2001", "mine@example.org"));
+    let link_url = start_link(&b, &app, &tokens, &user.password, "github").await;
+    let landed = location(&callback(&b, &approve(&b, &link_url).await).await);
+    assert_eq!(
+        param(&landed, "linked").as_deref(),
+        Some("github"),
+        "{landed}"
+    );
+    assert_eq!(identities(&app, &tokens).await, ["github"]);
+}
+
+/// An attacker who pre-registered the victim's email (unverified) cannot link their own
+/// provider; an account made by social sign-in must set a password first.
+async fn linking_needs_a_verified_email_and_a_password_of_its_own(backend: Backend) {
+    let (app, fake) = sso_app(backend).await;
+    let (user, tokens) = app.signed_in_user().await;
+    let b = browser();
+    let r = ask_link(
+        &b,
+        &app,
+        &tokens,
+        "github",
+        json!({ "password": user.password, "redirect_to": front_end() }),
+    )
+    .await;
+    assert_error(r, 403, "email_not_verified").await;
+    assert_eq!(app.db.count("SELECT count(*) FROM sso_flows").await, 0);
+
+    // Verified after the flow started, then unverified again before the callback: refused.
+    verify_email_in_db(&app, &user.email).await;
+    let link_url = start_link(&b, &app, &tokens, &user.password, "github").await;
+    app.db
+        .execute(&format!(
+            "UPDATE users SET email_verified = FALSE WHERE email = '{}'",
+            user.email
+        ))
+        .await;
+    fake.sign_in_as(Person::new("2002", "attacker@example.org"));
+    let landed = location(&callback(&b, &approve(&b, &link_url).await).await);
+    assert_eq!(
+        param(&landed, "error").as_deref(),
+        Some("email_not_verified"),
+        "{landed}"
+    );
+    assert!(identities(&app, &tokens).await.is_empty());
+
+    // An account without a password (made by social sign-in).
+    fake.sign_in_as(Person::new("2003", "social.only@example.com"));
+    let social = sign_in_with(&app, "github").await;
+    let r = ask_link(
+        &b,
+        &app,
+        &social,
+        "acme",
+        json!({ "password": "guess it 12345" }),
+    )
+    .await;
+    assert_error(r, 403, "password_not_set").await;
+    assert_eq!(identities(&app, &social).await, ["github"]);
+}
+
+/// A flow started by a session that is then signed out (logout, a password reset) links
+/// nothing at the callback.
+async fn a_link_dies_with_the_session_that_started_it(backend: Backend) {
+    let (app, fake) = sso_app(backend).await;
+    let (user, tokens) = verified_user(&app).await;
+    let linked = |uid: String| {
+        let db = &app.db;
+        async move {
+            db.count(&format!(
+                "SELECT count(*) FROM user_identities i JOIN users u ON u.user_db_id = i.user_id \
+                 WHERE u.user_uid = '{uid}'"
+            ))
+            .await
+        }
+    };
+
+    // Logout between the start and the callback.
+    let b = browser();
+    let link_url = start_link(&b, &app, &tokens, &user.password, "github").await;
+    app.logout(&tokens).await;
+    fake.sign_in_as(Person::new("3001", "attacker@example.org"));
+    let landed = location(&callback(&b, &approve(&b, &link_url).await).await);
+    assert_eq!(
+        param(&landed, "error").as_deref(),
+        Some("link_session_ended"),
+        "{landed}"
+    );
+    assert_eq!(linked(tokens.user.id.clone()).await, 0);
+
+    // A password reset between the start and the callback.
+    let tokens = app.sign_in(&user).await;
+    let b = browser();
+    let link_url = start_link(&b, &app, &tokens, &user.password, "github").await;
+    app.deliver_all_emails().await;
+    let n = app.emails().len();
+    assert_eq!(app.forgot_password(&user.email).await.status(), 200);
+    let token = app.email(n + 1).await.token().unwrap();
+    let r = app.reset_password(&token, "a brand new password 42").await;
+    assert_eq!(r.status(), 200);
+    let landed = location(&callback(&b, &approve(&b, &link_url).await).await);
+    assert_eq!(
+        param(&landed, "error").as_deref(),
+        Some("link_session_ended"),
+        "{landed}"
+    );
+    assert_eq!(linked(tokens.user.id.clone()).await, 0);
+    // The person, signed in again, links fine.
+    let tokens = app
+        .sign_in_as(&user.username, "a brand new password 42")
+        .await;
+    let b = browser();
+    let link_url = start_link(&b, &app, &tokens, "a brand new password 42", "github").await;
+    let landed = location(&callback(&b, &approve(&b, &link_url).await).await);
+    assert_eq!(
+        param(&landed, "linked").as_deref(),
+        Some("github"),
+        "{landed}"
+    );
+    assert_eq!(linked(tokens.user.id.clone()).await, 1);
 }
 
 /// With two-factor on, a social sign-in is a first factor like a password (SPEC §13): the
@@ -821,7 +1062,9 @@ async fn person_signs_in_with_github_and_links_acme_in_a_browser() {
         return;
     };
     let (app, fake) = sso_app(Backend::Sqlite).await;
-    fake.sign_in_as(Person::new("4711", "browser@example.com"));
+    // A local account with a password and a verified email: GitHub links to it by email.
+    let (user, _) = verified_user(&app).await;
+    fake.sign_in_as(Person::new("4711", &user.email));
     browser.goto(&app.url("/signin")).await;
     assert_eq!(browser.text("a#sso-github").await, "Sign in with GitHub");
     browser.screenshots("signin-social").await;
@@ -831,8 +1074,11 @@ async fn person_signs_in_with_github_and_links_acme_in_a_browser() {
     assert!(browser.cookie("auth.sid").await.is_some());
     assert!(browser.text("section#identities").await.contains("GitHub"));
 
-    fake.sign_in_as(Person::new("acme-4711", "browser@example.com"));
-    browser.click_and_wait("a#link-acme").await;
+    fake.sign_in_as(Person::new("acme-4711", &user.email));
+    browser.fill("#link-acme-password", &user.password).await;
+    browser.click_and_wait("button#link-acme").await;
+    assert_eq!(browser.text("h1").await, "Continue to acme");
+    browser.click_and_wait("a.button").await;
     browser.wait_for("section#identities p.notice").await;
     let section = browser.text("section#identities").await;
     assert!(

@@ -72,7 +72,7 @@ pub fn router(production: bool) -> Router<AppState> {
         .route("/account/delete", post(account::delete))
         .route("/admin", get(admin::page))
         .route("/admin/users/{id}/{action}", post(admin::act))
-        .route("/account/identities/{provider}/link", get(sso::link))
+        .route("/account/identities/link", post(sso::link))
         .route("/account/identities/unlink", post(sso::unlink))
         .route("/signin/mfa", get(mfa::resume).post(mfa::verify))
         .route("/account/mfa/setup", post(mfa::setup))

@@ -3,17 +3,20 @@
 //!
 //! A button is a plain link to `GET /api/auth/sso/{provider}` without `redirect_to`: the
 //! pages' own flow, which ends on `/account` signed in by cookie (or on `/signin?error=…`).
-//! Linking is a link too (`GET /account/identities/{provider}/link?csrf=…`), not a form: a
-//! form's redirect to the provider would be blocked by the pages' `form-action` policy.
+//! Linking is a form with the current password (`POST /account/identities/link`): a session
+//! alone cannot add a lasting way in. Its answer is a page with a "Continue to <provider>"
+//! link, not a redirect: the pages' `form-action 'self'` policy would block a form's redirect
+//! to the provider's origin.
 
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::Response;
 
 use super::{see_other, PageForm, Visit};
-use crate::auth::sso::{ProviderInfo, FLOW_COOKIE, FLOW_TTL};
+use crate::auth::sso::{ProviderInfo, FLOW_TTL};
 use crate::error::Error;
+use crate::http::extract::Client;
+use crate::http::sso::flow_cookie;
 use crate::http::AppState;
 
 /// A provider's button.
@@ -51,6 +54,11 @@ pub fn error_message(code: &str) -> String {
         "provider_denied" => "The sign-in was cancelled at the provider.",
         "too_many_requests" => "Too many sign-in attempts; try again later.",
         "invalid_state" => "The sign-in link expired or was already used; start again.",
+        "invalid_credentials" => "That is not your current password; the provider was not linked.",
+        "validation_failed" => "Type your current password to link a sign-in method.",
+        "email_not_verified" => "Verify your email address before linking a sign-in method.",
+        "password_not_set" => "Linking a sign-in method needs your password, and this account has none yet: set one with \"Forgot password\" first.",
+        "link_session_ended" => "The session that started the link was signed out meanwhile; start the link again.",
         "last_sign_in_method" => "That is your only way to sign in: set a password (with \"Forgot password\") or link another provider first.",
         _ => "The sign-in with the provider did not complete; try again.",
     }
@@ -111,54 +119,45 @@ async fn identity_rows(
         .collect())
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct LinkQuery {
-    csrf: String,
-}
-
-/// `GET /account/identities/{provider}/link?csrf=…`: to the provider, to link it.
+/// `POST /account/identities/link` (`provider`, `password`): checks the password, starts the
+/// flow (its cookie) and answers a page whose link leads to the provider.
 pub async fn link(
     State(state): State<AppState>,
     visit: Visit,
-    Path(provider): Path<String>,
-    Query(query): Query<LinkQuery>,
+    Client(client): Client,
+    form: PageForm,
 ) -> Response {
     let Some(principal) = visit.principal.clone() else {
         return Visit::sign_in_first("/account");
     };
-    // A cross-site link would carry the (Lax) session cookie: the page's token proves it is ours.
-    let genuine: bool =
-        subtle::ConstantTimeEq::ct_eq(query.csrf.as_bytes(), visit.csrf.as_bytes()).into();
-    if !genuine || query.csrf.is_empty() {
-        return see_other("/account?sso_error=invalid_state");
-    }
-    match state
-        .auth
-        .sso()
-        .start(&provider, None, Some(&principal))
-        .await
-    {
+    let sso = state.auth.sso();
+    let slug = form.get("provider");
+    let Some(provider) = sso.providers().into_iter().find(|p| p.slug == slug) else {
+        return see_other("/account?sso_error=not_found");
+    };
+    let started = sso
+        .start_link(&principal, slug, form.take("password"), None, &client)
+        .await;
+    match started {
         Ok(flow) => {
-            let secure = if state.config.is_production() {
-                "; Secure"
-            } else {
-                ""
-            };
-            let cookie = HeaderValue::from_str(&format!(
-                "{FLOW_COOKIE}={}; HttpOnly; SameSite=Lax; Path=/; Max-Age={}{secure}",
-                flow.browser_secret,
-                FLOW_TTL.as_secs()
-            ))
-            .unwrap_or_else(|_| HeaderValue::from_static(""));
-            let location = HeaderValue::from_str(&flow.authorize_url)
-                .unwrap_or_else(|_| HeaderValue::from_static("/account"));
-            (
-                StatusCode::SEE_OTHER,
-                [(header::LOCATION, location), (header::SET_COOKIE, cookie)],
-            )
-                .into_response()
+            let title = format!("Continue to {}", provider.display_name);
+            let text = format!("Continue to {}", provider.display_name);
+            let mut response = visit.message(
+                StatusCode::OK,
+                &title,
+                &[&format!(
+                    "Your password is confirmed. Sign in at {} to link it to this account; the link is valid for 10 minutes, in this browser only.",
+                    provider.display_name
+                )],
+                Some((&flow.authorize_url, &text)),
+            );
+            response.headers_mut().append(
+                header::SET_COOKIE,
+                flow_cookie(&state, &flow.browser_secret, FLOW_TTL.as_secs()),
+            );
+            response
         }
+        Err(e @ (Error::Internal(_) | Error::Unavailable(_))) => visit.error(e),
         Err(e) => see_other(&format!("/account?sso_error={}", e.parts().code)),
     }
 }

@@ -4,7 +4,7 @@ use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Transaction, Type};
 
 use super::rows::{UserRow, USER_COLUMNS};
 use super::{SqlStore, Value};
-use crate::domain::UserId;
+use crate::domain::{SessionId, UserId};
 use crate::store::dialect::{Dialect, LegacyTime};
 use crate::store::{
     password_is_usable, AttemptId, Identity, NewEmail, NewIdentity, NewSsoCode, NewSsoFlow,
@@ -217,13 +217,14 @@ where
             .await?;
         sqlx::query(
             "INSERT INTO sso_flows (state_hash, browser_hash, provider, redirect_to, link_user_id, \
-             created_at, expires_at) VALUES ($1, $2, $3, $4, NULLIF($5, 0), $6, $7)",
+             link_session_id, created_at, expires_at) VALUES ($1, $2, $3, $4, NULLIF($5, 0), $6, $7, $8)",
         )
         .bind(&flow.state_hash)
         .bind(&flow.browser_hash)
         .bind(&flow.provider)
         .bind(&flow.redirect_to)
         .bind(flow.link_user.map_or(0, UserId::get))
+        .bind(flow.link_session.as_ref().map(|s| s.as_str().to_owned()))
         .bind(flow.now)
         .bind(flow.expires_at)
         .execute(&mut *tx)
@@ -236,20 +237,28 @@ where
         &self,
         state_hash: &str,
     ) -> Result<Option<SsoFlow>, StoreError> {
-        type Row = (String, String, Option<String>, i64, Timestamp);
+        type Row = (
+            String,
+            String,
+            Option<String>,
+            i64,
+            Option<String>,
+            Timestamp,
+        );
         let row: Option<Row> = sqlx::query_as(
             "DELETE FROM sso_flows WHERE state_hash = $1 RETURNING browser_hash, provider, \
-             redirect_to, COALESCE(CAST(link_user_id AS BIGINT), 0), expires_at",
+             redirect_to, COALESCE(CAST(link_user_id AS BIGINT), 0), link_session_id, expires_at",
         )
         .bind(state_hash)
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(
-            |(browser_hash, provider, redirect_to, link_user, expires_at)| SsoFlow {
+            |(browser_hash, provider, redirect_to, link_user, link_session, expires_at)| SsoFlow {
                 browser_hash,
                 provider,
                 redirect_to,
                 link_user: (link_user != 0).then(|| UserId::new(link_user)),
+                link_session: link_session.map(SessionId::new),
                 expires_at,
             },
         ))
