@@ -38,6 +38,26 @@ pub(crate) struct ProviderIdentity {
     pub username_hint: Option<String>,
 }
 
+/// What a provider says is stored in columns of a bounded size (`subject` 255, `email` 200):
+/// a longer subject is the provider's error; a longer email is kept as none (it could not be
+/// an account's address either).
+fn bounded(mut identity: ProviderIdentity) -> Result<ProviderIdentity, Error> {
+    if identity.subject.is_empty() || identity.subject.chars().count() > 255 {
+        return Err(provider_error(
+            "a subject that is empty or over 255 characters".into(),
+        ));
+    }
+    if identity
+        .email
+        .as_ref()
+        .is_some_and(|email| email.chars().count() > 200)
+    {
+        identity.email = None;
+        identity.email_verified = false;
+    }
+    Ok(identity)
+}
+
 /// A configured provider.
 #[derive(Debug, Clone, Copy)]
 enum Provider<'a> {
@@ -372,6 +392,7 @@ impl SocialSignIn<'_> {
                 .await?
             }
         };
+        let identity = bounded(identity)?;
         match link_user {
             Some((user, session)) => self.link(provider, slug, user, session, identity).await,
             None => self.sign_in(provider, identity, pages, client).await,

@@ -198,6 +198,7 @@ both_backends!(
     linking_needs_a_verified_email_and_a_password_of_its_own,
     a_link_dies_with_the_session_that_started_it,
     social_sign_in_asks_for_the_second_step_too,
+    overlong_provider_data_is_refused_not_stored,
 );
 
 async fn a_new_user_signs_up_with_github(backend: Backend) {
@@ -993,6 +994,20 @@ async fn a_link_dies_with_the_session_that_started_it(backend: Backend) {
         "{landed}"
     );
     assert_eq!(linked(tokens.user.id.clone()).await, 1);
+}
+
+/// A subject or an email longer than their columns is the provider's fault: a clear refusal,
+/// never an internal error, and nothing stored.
+async fn overlong_provider_data_is_refused_not_stored(backend: Backend) {
+    let (app, fake) = sso_app(backend).await;
+    let before = users(&app).await;
+    fake.sign_in_as(Person::new(&"s".repeat(300), "long-subject@example.com"));
+    assert_eq!(refused(&app, "acme").await, "provider_error");
+    let long_email = format!("{}@example.com", "e".repeat(240));
+    fake.sign_in_as(Person::new("acme-long-email", &long_email));
+    let error = refused(&app, "acme").await;
+    assert_ne!(error, "internal_error");
+    assert_eq!(users(&app).await, before, "no account made");
 }
 
 /// With two-factor on, a social sign-in is a first factor like a password (SPEC §13): the
