@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The project's own benchmark: sign-in and GET /api/auth/me under 32 concurrent clients,
-# on SQLite and on PostgreSQL side by side, then on SQLite over HTTPS (TLS_CERT_PATH, a
-# self-signed certificate made here) beside plain HTTP, with the machine's limits beside
-# them (argon2id hashes per second per core; indexed reads per second with pgbench).
+# The project's own benchmark (SPEC §14), one command, one table: sign-in and
+# GET /api/auth/me at 32 connections on SQLite and on PostgreSQL; a 512-connection sign-in
+# storm with /health and /me measured during it; idle, peak and after-storm memory; sign-in
+# over HTTPS beside plain HTTP; and beside them the machine's own limits measured in the same
+# run: argon2id hashes per second (in-process, × cores) and `pgbench -S -M prepared -c 32 -j 2`.
 # Usage: bench/run.sh [seconds-per-run]   (needs wrk and pgbench; installs wrk if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-10}"
+SETTLE="${BENCH_SETTLE_SECS:-60}"
 PG_ADMIN="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 cargo build --release --quiet
@@ -14,12 +16,35 @@ BIN=target/release/authflow
 ROOT="$PWD"
 WORK="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+ROWS="$WORK/rows.tsv"
+: >"$ROWS"
 
 cat > "$WORK/signin.lua" <<'LUA'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"username":"bench.user","password":"correct-horse-battery-staple-42"}'
 LUA
+
+# wrk --latency output → "req/s p50_ms p99_ms non2xx"
+summarize() {
+  python3 -c '
+import re, sys
+text = sys.stdin.read()
+def ms(v):
+    n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
+    return float(n) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+rps = re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)
+p50 = ms(re.search(r"\s50%\s+(\S+)", text).group(1))
+p99 = ms(re.search(r"\s99%\s+(\S+)", text).group(1))
+bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+print(f"{float(rps):.0f} {p50:.2f} {p99:.2f} {bad.group(1) if bad else 0}")
+'
+}
+
+row() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$ROWS"; }
+
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+peak_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 
 # A self-signed certificate for 127.0.0.1, for the HTTPS run: openssl's command if there
 # is one, else the project's dev example (rcgen); never a dependency of the service.
@@ -48,23 +73,61 @@ run_backend() { # name database_url port [https]
     RUST_LOG=warn RATE_LIMITS=off "${tls[@]}" "$ROOT/$BIN") >"$WORK/$name.log" 2>&1 &
   local pid=$!
   for _ in $(seq 1 100); do curl -skf "$base/health" >/dev/null && break; sleep 0.1; done
+  sleep 2
+  local idle
+  idle=$(rss_kib "$pid")
   curl -skf "$base/api/users/create-account" -H 'content-type: application/json' \
     -d '{"name":"Bench User","username":"bench.user","email":"bench@example.com","password":"correct-horse-battery-staple-42"}' >/dev/null
   local token
   token=$(curl -skf "$base/api/auth/signin" -H 'content-type: application/json' \
     -d '{"username":"bench.user","password":"correct-horse-battery-staple-42"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+
   local signin me
-  signin=$(wrk -t2 -c32 -d"${DURATION}s" -s "$WORK/signin.lua" "$base/api/auth/signin" | awk '/Requests\/sec/ {print $2}')
-  me=$(wrk -t2 -c32 -d"${DURATION}s" -H "Authorization: Bearer $token" "$base/api/auth/me" | awk '/Requests\/sec/ {print $2}')
-  local rss
-  rss=$(ps -o rss= -p "$pid")
-  printf '%-14s sign-in %8s req/s   GET /api/auth/me %9s req/s   RSS %s KiB\n' "$name" "$signin" "$me" "$rss"
+  signin=$(wrk --latency -t2 -c32 -d"${DURATION}s" -s "$WORK/signin.lua" "$base/api/auth/signin" | summarize)
+  row "$name" "POST /api/auth/signin, 32 conn" $signin "sign-in"
+  if [ "${4:-}" = https ]; then
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    return
+  fi
+  me=$(wrk --latency -t2 -c32 -d"${DURATION}s" -H "Authorization: Bearer $token" "$base/api/auth/me" | summarize)
+  row "$name" "GET /api/auth/me, 32 conn" $me "me"
+
+  # The storm: 512 connections signing in, and meanwhile a few clients of /health and /me.
+  wrk --latency -t2 -c512 -d"${DURATION}s" -s "$WORK/signin.lua" "$base/api/auth/signin" >"$WORK/storm.txt" &
+  local storm=$!
+  sleep 2
+  local probe=$((DURATION > 5 ? DURATION - 4 : 2))
+  wrk --latency -t1 -c2 -d"${probe}s" "$base/health" >"$WORK/health.txt" &
+  local health=$!
+  wrk --latency -t1 -c2 -d"${probe}s" -H "Authorization: Bearer $token" "$base/api/auth/me" >"$WORK/me-storm.txt"
+  wait "$storm" "$health"
+  row "$name" "storm: POST signin, 512 conn" $(summarize <"$WORK/storm.txt") "storm"
+  row "$name" "storm: GET /health, 2 conn" $(summarize <"$WORK/health.txt") "-"
+  row "$name" "storm: GET /api/auth/me, 2 conn" $(summarize <"$WORK/me-storm.txt") "-"
+  local peak
+  peak=$(peak_kib "$pid")
+  sleep "$SETTLE"
+  local after
+  after=$(rss_kib "$pid")
+  printf '%s\t%s\t%s\t%s\n' "$name" "$idle" "$peak" "$after" >>"$WORK/memory.tsv"
   kill -TERM "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
 }
 
-echo "== machine: $(nproc) cores; ${DURATION}s per run; 32 connections"
-"$BIN" hash-benchmark
+echo "== machine: $(nproc) cores; ${DURATION}s per run; memory settles ${SETTLE}s after the storm"
+hash_line=$("$BIN" hash-benchmark)
+echo "$hash_line"
+per_core=$(echo "$hash_line" | sed -E 's/.* ([0-9.]+) hashes\/s per core.*/\1/')
+ceiling=$(python3 -c "print(round($per_core * $(nproc), 1))")
+
+PGB="authflow_pgbench_$$"
+psql "$PG_ADMIN" -qc "CREATE DATABASE $PGB" >/dev/null
+pgbench -q -i -s 1 "${PG_ADMIN%/*}/$PGB" >/dev/null 2>&1
+pgbench_tps=$(pgbench -S -M prepared -c 32 -j 2 -T "$DURATION" "${PG_ADMIN%/*}/$PGB" 2>/dev/null | awk '/^tps/ {printf "%.0f", $3}')
+psql "$PG_ADMIN" -qc "DROP DATABASE $PGB WITH (FORCE)" >/dev/null
+
+: >"$WORK/memory.tsv"
 DB="authflow_bench_$$"
 psql "$PG_ADMIN" -qc "CREATE DATABASE $DB" >/dev/null
 run_backend sqlite "sqlite://$WORK/sqlite/authflow.db" 18081
@@ -73,11 +136,24 @@ psql "$PG_ADMIN" -qc "DROP DATABASE $DB WITH (FORCE)" >/dev/null
 # HTTPS (TLS 1.3, HTTP/1.1 as wrk speaks it, connections kept alive) beside plain HTTP.
 run_backend sqlite-https "sqlite://$WORK/sqlite-https/authflow.db" 18083 https
 
-if command -v pgbench >/dev/null; then
-  PGB="authflow_pgbench_$$"
-  psql "$PG_ADMIN" -qc "CREATE DATABASE $PGB" >/dev/null
-  pgbench -q -i -s 1 "${PG_ADMIN%/*}/$PGB" >/dev/null 2>&1
-  tps=$(pgbench -S -c 32 -j 2 -T "$DURATION" "${PG_ADMIN%/*}/$PGB" 2>/dev/null | awk '/^tps/ {print $3}')
-  printf 'limit: pgbench -S (indexed reads, 32 clients): %s tps\n' "$tps"
-  psql "$PG_ADMIN" -qc "DROP DATABASE $PGB WITH (FORCE)" >/dev/null
-fi
+python3 - "$ROWS" "$WORK/memory.tsv" "$ceiling" "$pgbench_tps" <<'PY'
+import sys
+rows, memory, ceiling, pgbench = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+print(f"\nlimits measured in this run: argon2id ceiling {ceiling:.1f} hashes/s; "
+      f"pgbench -S -M prepared -c 32 -j 2: {pgbench:.0f} tps\n")
+print("| backend | load | req/s | p50 ms | p99 ms | non-2xx | ratio |")
+print("|---|---|---:|---:|---:|---:|---:|")
+for line in open(rows):
+    name, load, rps, p50, p99, bad, kind = line.rstrip("\n").split("\t")
+    ratio = ""
+    if kind == "sign-in":
+        ratio = f"{float(rps) / ceiling:.2f} of argon2id"
+    elif kind == "me" and name == "postgres":
+        ratio = f"{float(rps) / pgbench:.2f} of pgbench"
+    print(f"| {name} | {load} | {rps} | {p50} | {p99} | {bad} | {ratio} |")
+print("\n| backend | idle RSS MiB | peak RSS MiB | RSS after the storm MiB |")
+print("|---|---:|---:|---:|")
+for line in open(memory):
+    name, idle, peak, after = line.split()
+    print(f"| {name} | {int(idle) / 1024:.1f} | {int(peak) / 1024:.1f} | {int(after) / 1024:.1f} |")
+PY

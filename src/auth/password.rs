@@ -51,7 +51,14 @@ struct Queue {
     hash_micros: AtomicU64,
     /// Hashes finished since start: unchanged between two looks means hashing was idle.
     finished: AtomicU64,
+    /// Admitted requests doing their database work before hashing (a sign-in's look-up and
+    /// attempt record), a few at a time: a crowd of them would hold every pooled connection
+    /// and starve the requests that need only one (`/me`).
+    preparing: Arc<Semaphore>,
 }
+
+/// Admitted requests at their database work at once (the pools hold 8 and 16 connections).
+const PREPARING_AT_ONCE: usize = 4;
 
 /// A first guess at one hash (argon2id at m=19 MiB, t=2 takes about 18 ms here), until
 /// real hashes are timed.
@@ -86,6 +93,17 @@ impl Queue {
 /// leaves the queue.
 pub struct Admission {
     queue: Arc<Queue>,
+}
+
+impl Admission {
+    /// Waits for a turn at the database work that comes before the hash; the turn ends when
+    /// the returned permit is dropped.
+    pub async fn prepare(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        Ok(Arc::clone(&self.queue.preparing)
+            .acquire_owned()
+            .await
+            .context("sign-in preparation closed")?)
+    }
 }
 
 impl Drop for Admission {
@@ -263,6 +281,7 @@ impl Passwords {
                     u64::try_from(INITIAL_HASH_ESTIMATE.as_micros()).unwrap_or(u64::MAX),
                 ),
                 finished: AtomicU64::new(0),
+                preparing: Arc::new(Semaphore::new(PREPARING_AT_ONCE)),
             }),
             strength_permits: Arc::new(Semaphore::new(slots)),
             memory: Memory::default(),
@@ -520,6 +539,7 @@ mod tests {
             admitted: AtomicUsize::new(0),
             hash_micros: AtomicU64::new(20_000),
             finished: AtomicU64::new(0),
+            preparing: Arc::new(Semaphore::new(1)),
         };
         assert_eq!(queue.expected_wait(0), Duration::ZERO);
         assert_eq!(queue.expected_wait(1), Duration::ZERO);

@@ -25,11 +25,15 @@ impl Sessions<'_> {
         // A place in the hashing queue first: refused when overloaded, before anything is
         // recorded against the account.
         let admission = self.passwords.admit()?;
-        let credentials = self.store.find_credentials(&identifier).await?;
-        let account = credentials.as_ref().map(|c| c.user.clone());
-        let attempt = self
-            .reserve_attempt(&identifier, account.as_ref(), &client)
-            .await?;
+        let (credentials, account, attempt) = {
+            let _turn = admission.prepare().await?;
+            let credentials = self.store.find_credentials(&identifier).await?;
+            let account = credentials.as_ref().map(|c| c.user.clone());
+            let attempt = self
+                .reserve_attempt(&identifier, account.as_ref(), &client)
+                .await?;
+            (credentials, account, attempt)
+        };
 
         let stored_hash = credentials.as_ref().map(|c| c.password_hash.clone());
         let verification = self
