@@ -33,8 +33,9 @@ pub trait Dialect: Database {
     const SKIP_LOCKED: &'static str;
     /// Ends a `SELECT` that locks the rows it reads until the transaction ends.
     const FOR_UPDATE: &'static str;
-    /// A sub-select of the texts of the JSON array bound as `$1` (`col IN (…)`).
-    const TEXTS_OF_JSON_ARRAY: &'static str;
+    /// Completes `col` to a condition true when `col` is one of the texts of the JSON array
+    /// bound as `$1`, in a form the planner answers from `col`'s index.
+    const IN_JSON_ARRAY: &'static str;
     /// Whether concurrent session look-ups are worth combining into one statement: yes over
     /// a network round trip, no for an embedded database.
     const COALESCE_LOOKUPS: bool;

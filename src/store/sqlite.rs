@@ -32,7 +32,7 @@ impl Dialect for Sqlite {
     const SKIP_LOCKED: &'static str = "";
     /// Rows cannot be locked one by one: the write transaction already excludes other writers.
     const FOR_UPDATE: &'static str = "";
-    const TEXTS_OF_JSON_ARRAY: &'static str = "SELECT value FROM json_each($1)";
+    const IN_JSON_ARRAY: &'static str = " IN (SELECT value FROM json_each($1))";
     const COALESCE_LOOKUPS: bool = false;
 
     fn legacy(t: Timestamp) -> Timestamp {

@@ -34,7 +34,7 @@ impl HotStatements {
         Self {
             by_id: active("s.session_id = $1"),
             by_cookie: active("s.cookie_hash = $1"),
-            by_ids: active(&format!("s.session_id IN ({})", DB::TEXTS_OF_JSON_ARRAY)),
+            by_ids: active(&format!("s.session_id{}", DB::IN_JSON_ARRAY)),
         }
     }
 }
