@@ -33,9 +33,10 @@ pub trait Dialect: Database {
     const SKIP_LOCKED: &'static str;
     /// Ends a `SELECT` that locks the rows it reads until the transaction ends.
     const FOR_UPDATE: &'static str;
-    /// Completes `col` to a condition true when `col` is one of the texts of the JSON array
-    /// bound as `$1`, in a form the planner answers from `col`'s index.
-    const IN_JSON_ARRAY: &'static str;
+    /// The rows of `select(condition)` for each text of the JSON array bound as `$1`, where
+    /// `condition` compares `column` with that text: one index look-up per text, whatever
+    /// the statistics say.
+    fn for_each_json_text(column: &str, select: &dyn Fn(&str) -> String) -> String;
     /// Whether concurrent session look-ups are worth combining into one statement: yes over
     /// a network round trip, no for an embedded database.
     const COALESCE_LOOKUPS: bool;

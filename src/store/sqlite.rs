@@ -32,8 +32,11 @@ impl Dialect for Sqlite {
     const SKIP_LOCKED: &'static str = "";
     /// Rows cannot be locked one by one: the write transaction already excludes other writers.
     const FOR_UPDATE: &'static str = "";
-    const IN_JSON_ARRAY: &'static str = " IN (SELECT value FROM json_each($1))";
     const COALESCE_LOOKUPS: bool = false;
+
+    fn for_each_json_text(column: &str, select: &dyn Fn(&str) -> String) -> String {
+        select(&format!("{column} IN (SELECT value FROM json_each($1))"))
+    }
 
     fn legacy(t: Timestamp) -> Timestamp {
         t

@@ -34,7 +34,7 @@ impl HotStatements {
         Self {
             by_id: active("s.session_id = $1"),
             by_cookie: active("s.cookie_hash = $1"),
-            by_ids: active(&format!("s.session_id{}", DB::IN_JSON_ARRAY)),
+            by_ids: DB::for_each_json_text("s.session_id", &active),
         }
     }
 }
