@@ -55,9 +55,13 @@ struct Queue {
     /// attempt record), a few at a time: a crowd of them would hold every pooled connection
     /// and starve the requests that need only one (`/me`).
     preparing: Arc<Semaphore>,
+    /// Likewise for the database work after the hash (opening the session, recording the
+    /// outcome): together at most half the pool, whatever a storm or a locked row does.
+    finishing: Arc<Semaphore>,
 }
 
-/// Admitted requests at their database work at once (the pools hold 8 and 16 connections).
+/// Admitted requests at their database work at once, before and after the hash each (the
+/// pools hold 8 and 16 connections).
 const PREPARING_AT_ONCE: usize = 4;
 
 /// A first guess at one hash (argon2id at m=19 MiB, t=2 takes about 18 ms here), until
@@ -282,6 +286,7 @@ impl Passwords {
                 ),
                 finished: AtomicU64::new(0),
                 preparing: Arc::new(Semaphore::new(PREPARING_AT_ONCE)),
+                finishing: Arc::new(Semaphore::new(PREPARING_AT_ONCE)),
             }),
             strength_permits: Arc::new(Semaphore::new(slots)),
             memory: Memory::default(),
@@ -388,6 +393,15 @@ impl Passwords {
     ) -> Result<Verification, Error> {
         let admission = self.admit()?;
         self.verify_admitted(admission, password, stored).await
+    }
+
+    /// Waits for a turn at the database work that follows a verified hash (see
+    /// [`Admission::prepare`] for the work before it); the turn ends when the permit drops.
+    pub async fn finishing(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        Ok(Arc::clone(&self.queue.finishing)
+            .acquire_owned()
+            .await
+            .context("sign-in completion closed")?)
     }
 
     /// [`Passwords::verify`] with a place in the queue taken beforehand ([`Passwords::admit`]).
@@ -540,6 +554,7 @@ mod tests {
             hash_micros: AtomicU64::new(20_000),
             finished: AtomicU64::new(0),
             preparing: Arc::new(Semaphore::new(1)),
+            finishing: Arc::new(Semaphore::new(1)),
         };
         assert_eq!(queue.expected_wait(0), Duration::ZERO);
         assert_eq!(queue.expected_wait(1), Duration::ZERO);

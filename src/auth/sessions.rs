@@ -40,6 +40,7 @@ impl Sessions<'_> {
             .passwords
             .verify_admitted(admission, password.clone(), stored_hash.clone())
             .await?;
+        let _turn = self.passwords.finishing().await?;
         let (user, needs_rehash) = match (credentials, verification) {
             (Some(c), Verification::Valid { needs_rehash }) if c.user.active => {
                 (c.user, needs_rehash)

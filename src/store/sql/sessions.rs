@@ -83,12 +83,14 @@ where
         .execute(&mut *tx)
         .await?;
         Self::insert_refresh_token(&mut tx, &s.refresh_hash, &s.id, s.now).await?;
+        let log_id = Self::record_outcome(&mut tx, attempt).await?;
+        // Last: it locks the user's row until the commit, and sign-ins of one account queue
+        // on that lock (a storm on one account held every pooled connection waiting for it).
         sqlx::query("UPDATE users SET last_login = $2 WHERE user_db_id = $1")
             .bind(s.user_db_id)
             .bind(LegacyTime(s.now))
             .execute(&mut *tx)
             .await?;
-        let log_id = Self::record_outcome(&mut tx, attempt).await?;
         tx.commit().await?;
         Ok(log_id)
     }
