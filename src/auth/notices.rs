@@ -9,6 +9,9 @@ use crate::store::{LocationLogId, LoginRecord, NewSignInNotice};
 const NOTICE_LINK_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 /// Earlier sign-ins compared with a new one (history is pruned after 90 days anyway).
 const EARLIER_COMPARED: i64 = 200;
+/// The most recent ones, read first: a known place and device are nearly always among them,
+/// and the other 190 rows (with their locations' JSON) are read only when they are not.
+const RECENT_COMPARED: i64 = 10;
 
 /// Country and city of a located sign-in; `None` when the location is not known (no
 /// geolocation configured, or the lookup failed).
@@ -102,23 +105,34 @@ impl Auth {
             self.store.set_location(log_id, &location).await?;
             this.location = location;
         }
-        let earlier = self
+        let recent = self
             .store
-            .earlier_sign_ins(user.db_id, log_id, EARLIER_COMPARED)
+            .earlier_sign_ins(user.db_id, log_id, RECENT_COMPARED)
             .await?;
         // The first sign-in of an account is new by definition, and no news.
-        if earlier.is_empty() {
+        if recent.is_empty() {
             return Ok(());
         }
         let place = place_of(&this.location);
         let device = device_family(this.user_agent.as_deref());
-        let new_place = place.is_some()
-            && !earlier
+        let judge = |earlier: &[LoginRecord]| {
+            let new_place = place.is_some()
+                && !earlier
+                    .iter()
+                    .any(|r: &LoginRecord| place_of(&r.location) == place);
+            let new_device = !earlier
                 .iter()
-                .any(|r: &LoginRecord| place_of(&r.location) == place);
-        let new_device = !earlier
-            .iter()
-            .any(|r| device_family(r.user_agent.as_deref()) == device);
+                .any(|r| device_family(r.user_agent.as_deref()) == device);
+            (new_place, new_device)
+        };
+        let (mut new_place, mut new_device) = judge(&recent);
+        if (new_place || new_device) && recent.len() >= RECENT_COMPARED as usize {
+            let earlier = self
+                .store
+                .earlier_sign_ins(user.db_id, log_id, EARLIER_COMPARED)
+                .await?;
+            (new_place, new_device) = judge(&earlier);
+        }
         if !new_place && !new_device {
             return Ok(());
         }

@@ -173,6 +173,29 @@ async fn a_new_device_is_noticed_unless_alerts_are_off(backend: Backend) {
     assert_eq!(quiet.emails().len(), 1, "only the welcome email");
 }
 
+/// A known device is looked for among the 10 latest sign-ins first, then among 200: one used
+/// only before the 10 latest is still known; one never used is still new.
+async fn a_device_known_from_before_the_latest_sign_ins_is_not_new(backend: Backend) {
+    let app = TestApp::builder(backend)
+        .smtp_sink()
+        .env("RATE_LIMITS", "off")
+        .spawn()
+        .await;
+    let user = TestUser::new();
+    app.sign_up(&user).await;
+    sign_in_from(&app, &user, "127.0.0.1", Some(FIREFOX)).await;
+    for _ in 0..11 {
+        sign_in_from(&app, &user, "127.0.0.1", None).await;
+    }
+    assert_eq!(notices(&app).len(), 1, "the first unknown-agent sign-in");
+    sign_in_from(&app, &user, "127.0.0.1", Some(FIREFOX)).await;
+    assert_eq!(notices(&app).len(), 1, "Firefox was used 12 sign-ins ago");
+    let safari = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0) AppleWebKit/605.1.15 \
+                  (KHTML, like Gecko) Version/17.0 Safari/605.1.15";
+    sign_in_from(&app, &user, "127.0.0.1", Some(safari)).await;
+    assert_eq!(notices(&app).len(), 2, "Safari on macOS was never used");
+}
+
 async fn a_role_changed_by_an_administrator_is_emailed(backend: Backend) {
     let app = TestApp::builder(backend).smtp_sink().spawn().await;
     let (_, admin) = app.signed_in_admin().await;
@@ -214,5 +237,6 @@ async fn a_role_changed_by_an_administrator_is_emailed(backend: Backend) {
 crate::both_backends!(
     a_new_location_sends_one_notice_and_this_wasnt_me_ends_every_session,
     a_new_device_is_noticed_unless_alerts_are_off,
+    a_device_known_from_before_the_latest_sign_ins_is_not_new,
     a_role_changed_by_an_administrator_is_emailed,
 );
