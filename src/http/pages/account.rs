@@ -202,6 +202,30 @@ pub(super) async fn show_with_mfa(
     }
 }
 
+/// A refused form: the account page again, saying why, with the refusal's status. A failure
+/// of ours gets the error page instead.
+pub(super) async fn refused(
+    state: &AppState,
+    visit: &Visit,
+    principal: &Principal,
+    e: Error,
+) -> Response {
+    if matches!(e, Error::Internal(_) | Error::Unavailable(_)) {
+        return visit.error(e);
+    }
+    let message = super::form_message(&e);
+    show(
+        state,
+        visit,
+        principal,
+        e.status(),
+        None,
+        Some(message),
+        None,
+    )
+    .await
+}
+
 /// The account page, or why it cannot be shown.
 async fn show(
     state: &AppState,
@@ -269,12 +293,7 @@ where
     };
     match run(principal.clone()).await {
         Ok(()) => see_other(&format!("/account?notice={notice_code}")),
-        Err(e @ (Error::Internal(_) | Error::Unavailable(_))) => visit.error(e),
-        Err(e) => {
-            let status = e.status();
-            let message = super::form_message(&e);
-            show(state, visit, &principal, status, None, Some(message), None).await
-        }
+        Err(e) => refused(state, visit, &principal, e).await,
     }
 }
 
@@ -374,20 +393,7 @@ pub async fn create_key(
             )
             .await
         }
-        Err(e @ (Error::Internal(_) | Error::Unavailable(_))) => visit.error(e),
-        Err(e) => {
-            let message = super::form_message(&e);
-            show(
-                &state,
-                &visit,
-                principal,
-                e.status(),
-                None,
-                Some(message),
-                None,
-            )
-            .await
-        }
+        Err(e) => refused(&state, &visit, principal, e).await,
     }
 }
 

@@ -186,20 +186,7 @@ pub async fn setup(
             )
             .await
         }
-        Err(e @ (Error::Internal(_) | Error::Unavailable(_))) => visit.error(e),
-        Err(e) => {
-            let message = super::form_message(&e);
-            super::account::show_with_mfa(
-                &state,
-                &visit,
-                principal,
-                e.status(),
-                None,
-                Some(message),
-                MfaSection::default(),
-            )
-            .await
-        }
+        Err(e) => super::account::refused(&state, &visit, principal, e).await,
     }
 }
 
@@ -237,20 +224,7 @@ pub async fn confirm(
             )
             .await
         }
-        Err(e @ (Error::Internal(_) | Error::Unavailable(_))) => visit.error(e),
-        Err(e) => {
-            let message = super::form_message(&e);
-            super::account::show_with_mfa(
-                &state,
-                &visit,
-                principal,
-                e.status(),
-                None,
-                Some(message),
-                MfaSection::default(),
-            )
-            .await
-        }
+        Err(e) => super::account::refused(&state, &visit, principal, e).await,
     }
 }
 
@@ -271,20 +245,7 @@ pub async fn disable(
         .await
     {
         Ok(()) => see_other("/account?notice=mfa-off"),
-        Err(e @ (Error::Internal(_) | Error::Unavailable(_))) => visit.error(e),
-        Err(e) => {
-            let message = super::form_message(&e);
-            super::account::show_with_mfa(
-                &state,
-                &visit,
-                principal,
-                e.status(),
-                None,
-                Some(message),
-                MfaSection::default(),
-            )
-            .await
-        }
+        Err(e) => super::account::refused(&state, &visit, principal, e).await,
     }
 }
 
