@@ -81,12 +81,15 @@ run_st() { # label base_url [extra args…]
   local report="$REPORTS/${label//\//-}.json" log="$REPORTS/${label//\//-}.log"
   local status=0
   # From the reports folder, where schemathesis keeps its .schemathesis/ cache.
+  # One worker: with two threads, CPython 3.11's ast.parse (which hypothesis calls to describe
+  # its strategies) can fail with "SystemError: AST constructor recursion depth mismatch"
+  # (python/cpython#106905), an error of the tool that failed a CI run with 0 failures found.
   (cd "$REPORTS" && "$VENV/bin/st" --config-file "$ROOT/.ci/schemathesis.toml" run "$base/api/openapi.json" \
     --url "$base" \
     --checks all \
     --max-examples "$MAX_EXAMPLES" \
     --seed "${SEED:-1}" \
-    --workers 2 \
+    --workers 1 \
     --warnings off \
     --report json --report-json-path "$report" \
     "$@") >"$log" 2>&1 || status=$?
