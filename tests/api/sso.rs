@@ -84,6 +84,16 @@ async fn approve(b: &Client, authorize_url: &str) -> String {
     location(&b.get(authorize_url).send().await.unwrap())
 }
 
+/// Where the browser lands after the provider approves the flow at `authorize_url`.
+async fn landing(b: &Client, authorize_url: &str) -> String {
+    location(&callback(b, &approve(b, authorize_url).await).await)
+}
+
+/// The landing URL carries `name=expected`.
+fn assert_param(landed: &str, name: &str, expected: &str) {
+    assert_eq!(param(landed, name).as_deref(), Some(expected), "{landed}");
+}
+
 /// Where the callback sends the browser.
 async fn callback(b: &Client, callback_url: &str) -> Response {
     b.get(callback_url).send().await.unwrap()
@@ -93,8 +103,7 @@ async fn callback(b: &Client, callback_url: &str) -> Response {
 async fn through(app: &TestApp, provider: &str) -> String {
     let b = browser();
     let authorize = start(&b, app, provider).await;
-    let back = approve(&b, &authorize).await;
-    location(&callback(&b, &back).await)
+    landing(&b, &authorize).await
 }
 
 async fn try_exchange(app: &TestApp, code: &str) -> Response {
@@ -405,11 +414,7 @@ async fn a_code_injected_into_another_flow_fails_pkce(backend: Backend) {
     let victims_code = param(&back, "code").unwrap();
     let injected = back.replace(&victims_code, &attackers_code);
     let landed = location(&callback(&victim, &injected).await);
-    assert_eq!(
-        param(&landed, "error").as_deref(),
-        Some("provider_refused"),
-        "{landed}"
-    );
+    assert_param(&landed, "error", "provider_refused");
     assert_eq!(param(&landed, "code"), None);
     assert_eq!(users(&app).await, 0);
 
@@ -424,11 +429,7 @@ async fn a_code_injected_into_another_flow_fails_pkce(backend: Backend) {
     let back = approve(&victim, &start(&victim, &app, "acme").await).await;
     let injected = back.replace(&param(&back, "code").unwrap(), &attackers_code);
     let landed = location(&callback(&victim, &injected).await);
-    assert_eq!(
-        param(&landed, "error").as_deref(),
-        Some("provider_refused"),
-        "{landed}"
-    );
+    assert_param(&landed, "error", "provider_refused");
     assert_eq!(users(&app).await, 0);
 }
 
@@ -514,13 +515,8 @@ async fn a_signed_in_user_links_lists_and_unlinks(backend: Backend) {
     let b = browser();
     let link_url = start_link(&b, &app, &tokens, &user.password, "github").await;
     fake.sign_in_as(Person::new("1234", "someone.else@example.org"));
-    let back = approve(&b, &link_url).await;
-    let landed = location(&callback(&b, &back).await);
-    assert_eq!(
-        param(&landed, "linked").as_deref(),
-        Some("github"),
-        "{landed}"
-    );
+    let landed = landing(&b, &link_url).await;
+    assert_param(&landed, "linked", "github");
     assert_eq!(identities(&app, &tokens).await, ["github"]);
     app.deliver_all_emails().await;
     let mail = app.email(before + 1).await;
@@ -535,12 +531,8 @@ async fn a_signed_in_user_links_lists_and_unlinks(backend: Backend) {
     let (other_user, other) = verified_user(&app).await;
     let b = browser();
     let link_url = start_link(&b, &app, &other, &other_user.password, "github").await;
-    let landed = location(&callback(&b, &approve(&b, &link_url).await).await);
-    assert_eq!(
-        param(&landed, "error").as_deref(),
-        Some("identity_taken"),
-        "{landed}"
-    );
+    let landed = landing(&b, &link_url).await;
+    assert_param(&landed, "error", "identity_taken");
 
     // With a password, the only identity can go.
     let r = app
@@ -876,12 +868,8 @@ async fn linking_needs_the_current_password(backend: Backend) {
     // The right password: the link goes through.
     fake.sign_in_as(Person::new("2001", "mine@example.org"));
     let link_url = start_link(&b, &app, &tokens, &user.password, "github").await;
-    let landed = location(&callback(&b, &approve(&b, &link_url).await).await);
-    assert_eq!(
-        param(&landed, "linked").as_deref(),
-        Some("github"),
-        "{landed}"
-    );
+    let landed = landing(&b, &link_url).await;
+    assert_param(&landed, "linked", "github");
     assert_eq!(identities(&app, &tokens).await, ["github"]);
 }
 
@@ -912,12 +900,8 @@ async fn linking_needs_a_verified_email_and_a_password_of_its_own(backend: Backe
         ))
         .await;
     fake.sign_in_as(Person::new("2002", "attacker@example.org"));
-    let landed = location(&callback(&b, &approve(&b, &link_url).await).await);
-    assert_eq!(
-        param(&landed, "error").as_deref(),
-        Some("email_not_verified"),
-        "{landed}"
-    );
+    let landed = landing(&b, &link_url).await;
+    assert_param(&landed, "error", "email_not_verified");
     assert!(identities(&app, &tokens).await.is_empty());
 
     // An account without a password (made by social sign-in).
@@ -956,12 +940,8 @@ async fn a_link_dies_with_the_session_that_started_it(backend: Backend) {
     let link_url = start_link(&b, &app, &tokens, &user.password, "github").await;
     app.logout(&tokens).await;
     fake.sign_in_as(Person::new("3001", "attacker@example.org"));
-    let landed = location(&callback(&b, &approve(&b, &link_url).await).await);
-    assert_eq!(
-        param(&landed, "error").as_deref(),
-        Some("link_session_ended"),
-        "{landed}"
-    );
+    let landed = landing(&b, &link_url).await;
+    assert_param(&landed, "error", "link_session_ended");
     assert_eq!(linked(tokens.user.id.clone()).await, 0);
 
     // A password reset between the start and the callback.
@@ -974,12 +954,8 @@ async fn a_link_dies_with_the_session_that_started_it(backend: Backend) {
     let token = app.email(n + 1).await.token().unwrap();
     let r = app.reset_password(&token, "a brand new password 42").await;
     assert_eq!(r.status(), 200);
-    let landed = location(&callback(&b, &approve(&b, &link_url).await).await);
-    assert_eq!(
-        param(&landed, "error").as_deref(),
-        Some("link_session_ended"),
-        "{landed}"
-    );
+    let landed = landing(&b, &link_url).await;
+    assert_param(&landed, "error", "link_session_ended");
     assert_eq!(linked(tokens.user.id.clone()).await, 0);
     // The person, signed in again, links fine.
     let tokens = app
@@ -987,12 +963,8 @@ async fn a_link_dies_with_the_session_that_started_it(backend: Backend) {
         .await;
     let b = browser();
     let link_url = start_link(&b, &app, &tokens, "a brand new password 42", "github").await;
-    let landed = location(&callback(&b, &approve(&b, &link_url).await).await);
-    assert_eq!(
-        param(&landed, "linked").as_deref(),
-        Some("github"),
-        "{landed}"
-    );
+    let landed = landing(&b, &link_url).await;
+    assert_param(&landed, "linked", "github");
     assert_eq!(linked(tokens.user.id.clone()).await, 1);
 }
 
