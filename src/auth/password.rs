@@ -14,6 +14,8 @@ use tokio::sync::Semaphore;
 use crate::domain::NewPassword;
 use crate::error::Error;
 
+mod workers;
+
 /// OWASP's argon2id baseline, as SPEC §3 asks: m=19456 KiB, t=2, p=1.
 const MEMORY_KIB: u32 = 19_456;
 const ITERATIONS: u32 = 2;
@@ -25,12 +27,14 @@ pub enum Verification {
     Invalid,
 }
 
-/// Hashes and verifies passwords on the blocking pool, at most `permits` at once. A burst
+/// Hashes and verifies passwords on threads of their own, at most `permits` at once. A burst
 /// queues, but only as long as `HASH_QUEUE_MAX_WAIT_MS` allows: past that a request is
 /// refused at once (503 `overloaded`) rather than kept waiting (SPEC §14).
 #[derive(Clone)]
 pub struct Passwords {
     permits: Arc<Semaphore>,
+    /// One thread per permit, at a lower priority than the rest ([`workers`]).
+    workers: Arc<workers::Workers>,
     queue: Arc<Queue>,
     /// Strength checks (zxcvbn) run on the blocking pool too, bounded apart from hashing so
     /// that neither starves the other.
@@ -277,6 +281,7 @@ impl Passwords {
         let slots = max_concurrent.max(1);
         Ok(Self {
             permits: Arc::new(Semaphore::new(slots)),
+            workers: Arc::new(workers::Workers::start(slots)?),
             queue: Arc::new(Queue {
                 slots,
                 max_wait,
@@ -330,14 +335,15 @@ impl Passwords {
             .record(queued.elapsed().as_secs_f64());
         let memory = Arc::clone(&self.memory);
         let queue = Arc::clone(&self.queue);
-        let result = tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let result = with_memory(&memory, work);
-            queue.record_hash(started.elapsed());
-            result
-        })
-        .await
-        .context("password hashing task failed")?;
+        let result = self
+            .workers
+            .run(move || {
+                let started = Instant::now();
+                let result = with_memory(&memory, work);
+                queue.record_hash(started.elapsed());
+                result
+            })
+            .await?;
         drop(admission);
         Ok(result)
     }
