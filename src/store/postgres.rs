@@ -3,7 +3,7 @@
 
 use chrono::NaiveDateTime;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Connection, PgPool, Postgres, Transaction};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -85,6 +85,9 @@ impl Dialect for Postgres {
     }
 }
 
+/// How long a pooled connection may sit idle and still be handed out without a ping.
+const PING_WHEN_IDLE_FOR: Duration = Duration::from_millis(50);
+
 /// Connects (in UTC, with the CA if one is given) and brings the schema up to date.
 pub async fn connect(url: &str, ca_pem: Option<&str>) -> Result<PgStore, StoreError> {
     let mut options = PgConnectOptions::from_str(url)?.options([("timezone", "UTC")]);
@@ -95,6 +98,19 @@ pub async fn connect(url: &str, ca_pem: Option<&str>) -> Result<PgStore, StoreEr
     }
     let pool = PgPoolOptions::new()
         .max_connections(16)
+        // sqlx pings every connection it hands out by default: a second round trip for
+        // every checkout, `/me` included. A connection that was in use moments ago (and
+        // pinged by sqlx when it came back) is handed out as is; one idle for a while is
+        // pinged first, and replaced if the database went away meanwhile.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_WHEN_IDLE_FOR {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         // A database that does not answer is reported (503 `unavailable`) within 2 s,
         // not after a long wait; the pool reconnects by itself when it returns.
         .acquire_timeout(Duration::from_millis(1500))

@@ -91,6 +91,9 @@ pub async fn connect(url: &str) -> Result<SqliteStore, StoreError> {
     }
     let pool = SqlitePoolOptions::new()
         .max_connections(8)
+        // An embedded database does not go away under a connection: no ping (a hop to the
+        // connection's thread and back) before each checkout.
+        .test_before_acquire(false)
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(options)
         .await?;
