@@ -116,10 +116,16 @@ run_backend() { # name database_url port [https]
 }
 
 echo "== machine: $(nproc) cores; ${DURATION}s per run; memory settles ${SETTLE}s after the storm"
-hash_line=$("$BIN" hash-benchmark)
-echo "$hash_line"
-# The ceiling: every core hashing at once, measured in the same run.
-ceiling=$(echo "$hash_line" | sed -E 's/.* ([0-9.]+) hashes\/s on [0-9]+ cores at once.*/\1/')
+# The ceiling: every core hashing at once, measured in the same run, before and after the
+# loads; the higher of the two counts (this shared machine's speed drifts by 20 % and more
+# within minutes, and a slow moment must not flatter the ratios).
+hash_ceiling() {
+  local line
+  line=$("$BIN" hash-benchmark)
+  echo "$line" >&2
+  echo "$line" | sed -E 's/.* ([0-9.]+) hashes\/s on [0-9]+ cores at once.*/\1/'
+}
+ceiling=$(hash_ceiling)
 
 PGB="authflow_pgbench_$$"
 psql "$PG_ADMIN" -qc "CREATE DATABASE $PGB" >/dev/null
@@ -135,6 +141,8 @@ run_backend postgres "${PG_ADMIN%/*}/$DB" 18082
 psql "$PG_ADMIN" -qc "DROP DATABASE $DB WITH (FORCE)" >/dev/null
 # HTTPS (TLS 1.3, HTTP/1.1 as wrk speaks it, connections kept alive) beside plain HTTP.
 run_backend sqlite-https "sqlite://$WORK/sqlite-https/authflow.db" 18083 https
+
+ceiling=$(python3 -c 'import sys; print(max(map(float, sys.argv[1:])))' "$ceiling" "$(hash_ceiling)")
 
 python3 - "$ROWS" "$WORK/memory.tsv" "$ceiling" "$pgbench_tps" <<'PY'
 import sys
