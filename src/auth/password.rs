@@ -33,11 +33,14 @@ pub enum Verification {
 #[derive(Clone)]
 pub struct Passwords {
     permits: Arc<Semaphore>,
-    /// One thread per permit, at a lower priority than the rest ([`workers`]).
+    /// One thread per permit, at a lower priority than the rest ([`workers`]). The threads
+    /// alone would bound the hashes too; the permits stay because waiting for one is the
+    /// queue: measured, and left at once by a request whose client went away, whereas a job
+    /// handed to the threads runs to its end.
     workers: Arc<workers::Workers>,
     queue: Arc<Queue>,
-    /// Strength checks (zxcvbn) run on the blocking pool too, bounded apart from hashing so
-    /// that neither starves the other.
+    /// Strength checks (zxcvbn) run on tokio's blocking pool, bounded apart from hashing so
+    /// that neither waits behind the other.
     strength_permits: Arc<Semaphore>,
     memory: Memory,
     /// Verified when the account does not exist, so that failure costs the same time.

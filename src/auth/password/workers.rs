@@ -7,7 +7,7 @@
 //! sign-in storm every short request waits behind the hashes. At a higher nice value the
 //! hashes take what the short work leaves: alone, they still get both cores (sign-in
 //! throughput is unchanged), and in a storm the short requests go first (the benchmark's
-//! storm on SQLite: `/me` p99 58–78 ms at the same priority, 31–36 ms with hashing at nice 10).
+//! storm on SQLite: `/me` p99 76–78 ms at the same priority, 30–32 ms with hashing at nice 10).
 //! Tokio's blocking pool is not used for this: a thread whose priority was lowered cannot
 //! raise it again without privileges, and that pool's threads run other work too.
 
