@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{parse, Backend, TestApp, TestUser, PASSWORD};
+use crate::helpers::{fresh_pg_database, parse, Backend, TestApp, TestUser, PASSWORD};
 use crate::responses::ErrorEnvelope;
 use crate::smtp_sink::free_port;
+use crate::tcp_proxy::{RoundTrip, TcpProxy};
 
 /// With no wait allowed, a burst of sign-ins beyond the hashing slots is refused at once
 /// with 503 `overloaded` and `Retry-After`; the refused ones leave no sign-in record (so
@@ -241,3 +242,103 @@ async fn coalesced_look_ups_refuse_a_session_revoked_elsewhere_at_once(backend: 
 }
 
 crate::both_backends!(coalesced_look_ups_refuse_a_session_revoked_elsewhere_at_once);
+
+/// `GET /api/auth/me` is one round trip to PostgreSQL, read off the wire between the service
+/// and the database: one statement checks the session and reads its user, and the
+/// connection it runs on is not pinged first (sqlx's default: a second round trip) unless it
+/// sat idle. sqlx's ping of a connection coming back to the pool runs after the answer, and
+/// the outbox's poll every 2 s is no request's.
+async fn me_is_one_round_trip_to_postgres() {
+    let database = fresh_pg_database().await;
+    let mut url = reqwest::Url::parse(&database.url).unwrap();
+    let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let target = tokio::net::lookup_host(target)
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = TcpProxy::start(target).await;
+    url.set_host(Some("127.0.0.1")).unwrap();
+    url.set_port(Some(proxy.port)).unwrap();
+    url.query_pairs_mut().append_pair("sslmode", "disable");
+    let app = TestApp::builder(Backend::Postgres)
+        .database_url(url.as_str())
+        .spawn()
+        .await;
+    let (_, tokens) = app.signed_in_user().await;
+    // Requests one at a time go round the pool's idle connections: each prepares the
+    // statement on its first look-up.
+    for _ in 0..40 {
+        app.me(&tokens).await;
+    }
+    app.settled().await;
+    let warm_up = proxy.take_round_trips();
+    assert!(
+        warm_up
+            .iter()
+            .any(|(_, t)| matches!(t, RoundTrip::Prepare(_))),
+        "the proxy reads the wire: {warm_up:?}"
+    );
+
+    const REQUESTS: usize = 20;
+    for _ in 0..REQUESTS {
+        let user = app.me(&tokens).await;
+        assert_eq!(user.username, tokens.user.username);
+    }
+    app.settled().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let trips = proxy.take_round_trips();
+    let mine = |sql: &str| !sql.contains("email_outbox");
+    let statements: Vec<&str> = trips
+        .iter()
+        .filter_map(|(_, t)| match t {
+            RoundTrip::Statement(sql) | RoundTrip::Prepare(sql) if mine(sql) => Some(sql.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(statements.len(), REQUESTS, "{trips:#?}");
+    assert!(
+        trips
+            .iter()
+            .all(|(_, t)| !matches!(t, RoundTrip::Prepare(sql) if mine(sql))),
+        "{trips:#?}"
+    );
+    assert!(
+        statements.iter().all(|sql| sql.contains("auth_sessions")),
+        "{statements:#?}"
+    );
+    // On one connection a use is [ping on checkout] statement, ping on release: a ping that
+    // follows a ping is a checkout's. Back to back, a connection is idle (and pinged) only
+    // before its first use here; a ping on every checkout would precede every look-up.
+    let mut pinged_first = 0;
+    let mut connections = std::collections::HashSet::new();
+    for (i, (connection, trip)) in trips.iter().enumerate() {
+        let RoundTrip::Statement(sql) = trip else {
+            continue;
+        };
+        if !mine(sql) {
+            continue;
+        }
+        connections.insert(*connection);
+        let before: Vec<&RoundTrip> = trips[..i]
+            .iter()
+            .filter(|(c, _)| c == connection)
+            .map(|(_, t)| t)
+            .rev()
+            .take(2)
+            .collect();
+        if matches!(
+            before.as_slice(),
+            [RoundTrip::Ping, RoundTrip::Ping] | [RoundTrip::Ping]
+        ) {
+            pinged_first += 1;
+        }
+    }
+    assert!(
+        pinged_first <= connections.len() && connections.len() < REQUESTS,
+        "{pinged_first} of {REQUESTS} look-ups on {} connections were pinged first",
+        connections.len()
+    );
+}
+
+crate::postgres_only!(me_is_one_round_trip_to_postgres);
