@@ -338,9 +338,9 @@ async fn maintain(auth: Arc<Auth>, mut stop: tokio::sync::watch::Receiver<bool>)
     }
 }
 
-/// Every 30 s: argon2 memory kept from a burst of sign-ins is freed once hashing is idle.
+/// Every 10 s: argon2 memory kept from a burst of sign-ins is freed once hashing is idle.
 async fn release_idle_memory(passwords: Passwords, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut every = tokio::time::interval(Duration::from_secs(30));
+    let mut every = tokio::time::interval(Duration::from_secs(10));
     let mut last_seen = 0;
     loop {
         tokio::select! {

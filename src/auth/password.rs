@@ -135,7 +135,8 @@ fn current_params() -> Result<Params, Error> {
 type Memory = Arc<Mutex<Vec<Vec<Block>>>>;
 
 /// Blocks reserved per work area: more than glibc's largest dynamic mmap threshold (32 MiB),
-/// so each area is always its own mapping and freeing it returns it to the system at once.
+/// so where glibc allocates (the library in another program; the binary uses jemalloc) each
+/// area is always its own mapping and freeing it returns it to the system at once.
 /// Only the 19 MiB a hash uses are ever touched, so only those count as resident.
 const RESERVED_BLOCKS: usize = 33 * 1024;
 
@@ -353,7 +354,7 @@ impl Passwords {
 
     /// Frees the kept argon2 memory if no hash ran since `last_seen` (what the previous call
     /// returned) and none is queued; returns the count to pass next time. Called every
-    /// half minute, it gives the memory of a burst back within a minute of its end.
+    /// 10 s, it gives the memory of a burst back within 20 s of its end.
     pub fn release_idle(&self, last_seen: u64) -> u64 {
         let finished = self.queue.finished.load(Ordering::Relaxed);
         if finished == last_seen && self.queue.admitted.load(Ordering::Acquire) == 0 {

@@ -98,6 +98,9 @@ pub async fn connect(url: &str, ca_pem: Option<&str>) -> Result<PgStore, StoreEr
     }
     let pool = PgPoolOptions::new()
         .max_connections(16)
+        // Connections opened for a burst close after 10 s unused: their buffers here and
+        // their backends in PostgreSQL do not outlive it.
+        .idle_timeout(Duration::from_secs(10))
         // sqlx pings every connection it hands out by default: a second round trip for
         // every checkout, `/me` included. A connection that was in use moments ago (and
         // pinged by sqlx when it came back) is handed out as is; one idle for a while is
