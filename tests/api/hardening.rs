@@ -469,18 +469,8 @@ async fn table_counts(db: &TestDb) -> HashMap<&'static str, i64> {
 
 async fn a_database_that_goes_away_is_503_and_comes_back_by_itself() {
     let database = fresh_pg_database().await;
-    let url = reqwest::Url::parse(&database.url).unwrap();
-    let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
-    let target = tokio::net::lookup_host(target)
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
     crate::helpers::captured_logs();
-    let proxy = TcpProxy::start(target).await;
-    let mut proxied = url.clone();
-    proxied.set_host(Some("127.0.0.1")).unwrap();
-    proxied.set_port(Some(proxy.port)).unwrap();
+    let (proxy, proxied) = TcpProxy::in_front_of(&database.url).await;
     let app = TestApp::builder(Backend::Postgres)
         .database_url(proxied.as_str())
         .spawn()

@@ -250,16 +250,7 @@ crate::both_backends!(coalesced_look_ups_refuse_a_session_revoked_elsewhere_at_o
 /// the outbox's poll every 2 s is no request's.
 async fn me_is_one_round_trip_to_postgres() {
     let database = fresh_pg_database().await;
-    let mut url = reqwest::Url::parse(&database.url).unwrap();
-    let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
-    let target = tokio::net::lookup_host(target)
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = TcpProxy::start(target).await;
-    url.set_host(Some("127.0.0.1")).unwrap();
-    url.set_port(Some(proxy.port)).unwrap();
+    let (proxy, mut url) = TcpProxy::in_front_of(&database.url).await;
     url.query_pairs_mut().append_pair("sslmode", "disable");
     let app = TestApp::builder(Backend::Postgres)
         .database_url(url.as_str())

@@ -148,6 +148,22 @@ impl TcpProxy {
         }
     }
 
+    /// A proxy in front of the PostgreSQL server of `database_url`, and that URL pointed at
+    /// the proxy.
+    pub async fn in_front_of(database_url: &str) -> (TcpProxy, reqwest::Url) {
+        let mut url = reqwest::Url::parse(database_url).unwrap();
+        let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+        let target = tokio::net::lookup_host(target)
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+        let proxy = TcpProxy::start(target).await;
+        url.set_host(Some("127.0.0.1")).unwrap();
+        url.set_port(Some(proxy.port)).unwrap();
+        (proxy, url)
+    }
+
     /// The round trips made through the proxy since the last call, in order, each with the
     /// number of the connection it was made on.
     pub fn take_round_trips(&self) -> Vec<(usize, RoundTrip)> {
