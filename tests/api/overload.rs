@@ -12,8 +12,8 @@ use crate::smtp_sink::free_port;
 use crate::tcp_proxy::{RoundTrip, TcpProxy};
 
 /// With no wait allowed, a burst of sign-ins beyond the hashing slots is refused at once
-/// with 503 `overloaded` and `Retry-After`; the refused ones leave no sign-in record (so
-/// a storm cannot lock the account), and the rest sign in.
+/// with 503 `overloaded`, `Retry-After` and `Connection: close`; the refused ones leave no
+/// sign-in record (so a storm cannot lock the account), and the rest sign in.
 async fn a_full_hashing_queue_answers_503_at_once(backend: Backend) {
     let app = TestApp::builder(backend)
         .env("HASH_QUEUE_MAX_WAIT_MS", "0")
@@ -34,6 +34,8 @@ async fn a_full_hashing_queue_answers_503_at_once(backend: Backend) {
                     .parse()
                     .unwrap();
                 assert!(retry_after >= 1);
+                // The client is told to come back later, and its connection is not kept.
+                assert_eq!(r.headers()["connection"], "close");
                 let body: ErrorEnvelope = parse(r, 503).await;
                 assert_eq!(body.error.code, "overloaded");
                 overloaded += 1;
