@@ -40,6 +40,9 @@ pub trait Dialect: Database {
     /// Whether concurrent session look-ups are worth combining into one statement: yes over
     /// a network round trip, no for an embedded database.
     const COALESCE_LOOKUPS: bool;
+    /// Whether `INSERT`/`UPDATE` may run inside `WITH`, so that a change of several tables is
+    /// one statement (one round trip, its own transaction) instead of a transaction of many.
+    const WRITES_IN_WITH: bool;
 
     fn legacy(t: Timestamp) -> Self::LegacyTs;
     fn from_legacy(t: Self::LegacyTs) -> Timestamp;

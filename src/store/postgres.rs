@@ -26,6 +26,7 @@ impl Dialect for Postgres {
     const SKIP_LOCKED: &'static str = "FOR UPDATE SKIP LOCKED";
     const FOR_UPDATE: &'static str = "FOR UPDATE";
     const COALESCE_LOOKUPS: bool = true;
+    const WRITES_IN_WITH: bool = true;
 
     /// A lateral sub-select per text, kept apart by its `LIMIT`: each is the single look-up's
     /// plan, an index scan on `column`. Written as `column IN (SELECT jsonb_array_elements_text(…))`

@@ -33,6 +33,7 @@ impl Dialect for Sqlite {
     /// Rows cannot be locked one by one: the write transaction already excludes other writers.
     const FOR_UPDATE: &'static str = "";
     const COALESCE_LOOKUPS: bool = false;
+    const WRITES_IN_WITH: bool = false;
 
     fn for_each_json_text(column: &str, select: &dyn Fn(&str) -> String) -> String {
         select(&format!("{column} IN (SELECT value FROM json_each($1))"))

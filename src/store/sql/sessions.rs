@@ -7,8 +7,8 @@ use super::{SqlStore, Value};
 use crate::domain::{SessionId, UserId};
 use crate::store::dialect::{Dialect, LegacyTime};
 use crate::store::{
-    AttemptOutcome, LocationLogId, NewSession, RefreshOutcome, Rotation, Session, SessionUser,
-    StoreError,
+    AccountAttempt, AttemptOutcome, LocationLogId, NewAuditEvent, NewSession, RefreshOutcome,
+    Rotation, Session, SessionUser, StoreError,
 };
 use crate::time::Timestamp;
 
@@ -39,6 +39,28 @@ impl HotStatements {
     }
 }
 
+/// What [`SqlStore::start_session`] writes, as one PostgreSQL statement: the session, its
+/// first refresh token, the attempt's outcome, its audit entry, the history row (whose id it
+/// returns) and the user's last sign-in. Foreign keys are checked at the statement's end, when
+/// the session row is there.
+const START_SESSION_AT_ONCE: &str = "\
+    WITH session AS ( \
+        INSERT INTO auth_sessions (session_id, user_id, cookie_hash, created_at, last_used_at, \
+        expires_at, ip_address, user_agent) VALUES ($1, $2, $3, $4, $4, $5, $6, $7) \
+    ), refresh AS ( \
+        INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($8, $1, $4) \
+    ), attempt AS ( \
+        UPDATE login_attempts SET success = $10, counted = $11 WHERE attempt_id = $9 \
+    ), audit AS ( \
+        INSERT INTO audit_log (created_at, kind, actor_uid, target_uid, ip, user_agent, details) \
+        VALUES ($12, $13, $14, $15, $16, $17, $18::jsonb) \
+    ), last_login AS ( \
+        UPDATE users SET last_login = $25 WHERE user_db_id = $2 \
+    ) \
+    INSERT INTO user_location_logs (user_id, ip_address, location, created_at, user_agent, \
+    access_status, method) VALUES ($2, $19, $20::jsonb, $21, $22, $23::access_status_enum, $24) \
+    RETURNING CAST(log_id AS BIGINT)";
+
 /// A refresh token that could not be claimed: its session, and when it was used.
 #[derive(sqlx::FromRow)]
 struct SpentToken {
@@ -68,6 +90,11 @@ where
         s: &NewSession,
         attempt: &AttemptOutcome,
     ) -> Result<Option<LocationLogId>, StoreError> {
+        if DB::WRITES_IN_WITH {
+            if let (Some(audit), Some(account)) = (&attempt.audit, &attempt.account) {
+                return self.start_session_at_once(s, attempt, audit, account).await;
+            }
+        }
         let mut tx = DB::begin_write(&self.pool).await?;
         sqlx::query(
             "INSERT INTO auth_sessions (session_id, user_id, cookie_hash, created_at, last_used_at, \
@@ -93,6 +120,50 @@ where
             .await?;
         tx.commit().await?;
         Ok(log_id)
+    }
+
+    /// [`Self::start_session`] as one statement: one round trip instead of eight, and the
+    /// user's row is locked only while that statement runs.
+    async fn start_session_at_once(
+        &self,
+        s: &NewSession,
+        attempt: &AttemptOutcome,
+        audit: &NewAuditEvent,
+        account: &AccountAttempt,
+    ) -> Result<Option<LocationLogId>, StoreError> {
+        let (log_id,): (i64,) = sqlx::query_as(START_SESSION_AT_ONCE)
+            .bind(&s.id)
+            .bind(s.user_db_id)
+            .bind(&s.cookie_hash)
+            .bind(s.now)
+            .bind(s.expires_at)
+            .bind(&s.ip)
+            .bind(&s.user_agent)
+            .bind(&s.refresh_hash)
+            .bind(attempt.attempt_id.0)
+            .bind(attempt.result.succeeded())
+            .bind(attempt.result.counted())
+            .bind(audit.now)
+            .bind(audit.kind)
+            .bind(audit.actor.as_ref().map(|u| u.as_str().to_owned()))
+            .bind(audit.target.as_ref().map(|u| u.as_str().to_owned()))
+            .bind(&audit.ip)
+            .bind(&audit.user_agent)
+            .bind(audit.details.to_string())
+            .bind(&attempt.ip)
+            .bind(account.location.to_string())
+            .bind(LegacyTime(attempt.now))
+            .bind(&account.user_agent)
+            .bind(if attempt.result.succeeded() {
+                "success"
+            } else {
+                "failure"
+            })
+            .bind(&attempt.method)
+            .bind(LegacyTime(s.now))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Some(LocationLogId(log_id)))
     }
 
     pub(super) async fn session_by_id(

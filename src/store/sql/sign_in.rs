@@ -112,47 +112,53 @@ where
         &self,
         a: &AttemptReservation,
     ) -> Result<Reservation, StoreError> {
-        let mut tx = DB::begin_write(&self.pool).await?;
-        if let Some(limits) = a.limits {
-            let [first, second] = a.counted_as.identifiers();
-            // Attempts on one account (or identifier), and from one IP, are judged one at a
-            // time; the locks are always taken in this order, so they cannot deadlock.
-            let locks = [
-                Lock {
-                    class: LockClass::SignInAccount,
-                    key: first.to_owned(),
-                },
-                Lock {
-                    class: LockClass::SignInIp,
-                    key: a.ip.clone(),
-                },
-            ];
-            DB::lock(&mut tx, &locks).await?;
-            let counts: FailureCounts = sqlx::query_as(COUNT_FAILURES)
-                .bind(first)
-                .bind(second)
+        const INSERT: &str = "INSERT INTO login_attempts (ip_address, email_or_username, \
+             attempted_at, success, counted) VALUES ($1, $2, $3, FALSE, TRUE) \
+             RETURNING CAST(attempt_id AS BIGINT)";
+        let insert = || {
+            sqlx::query_as::<_, (i64,)>(INSERT)
                 .bind(&a.ip)
-                .bind(LegacyTime(a.since))
-                .bind(LegacyTime(a.known_since))
-                .fetch_one(&mut *tx)
-                .await?;
-            if let Some(full) = counts.refusal(&limits) {
-                // A refused attempt writes nothing: a flood of them cannot grow the tables.
-                tx.rollback().await?;
-                return Ok(Reservation::Refused {
-                    oldest: full.oldest.map_or(a.now, |t| t.0),
-                });
-            }
+                .bind(&a.identifier)
+                .bind(LegacyTime(a.now))
+        };
+        let Some(limits) = a.limits else {
+            // Nothing to count first: the insert alone, in no transaction of its own.
+            let (attempt_id,) = insert().fetch_one(&self.pool).await?;
+            return Ok(Reservation::Granted {
+                attempt_id: AttemptId(attempt_id),
+            });
+        };
+        let mut tx = DB::begin_write(&self.pool).await?;
+        let [first, second] = a.counted_as.identifiers();
+        // Attempts on one account (or identifier), and from one IP, are judged one at a
+        // time; the locks are always taken in this order, so they cannot deadlock.
+        let locks = [
+            Lock {
+                class: LockClass::SignInAccount,
+                key: first.to_owned(),
+            },
+            Lock {
+                class: LockClass::SignInIp,
+                key: a.ip.clone(),
+            },
+        ];
+        DB::lock(&mut tx, &locks).await?;
+        let counts: FailureCounts = sqlx::query_as(COUNT_FAILURES)
+            .bind(first)
+            .bind(second)
+            .bind(&a.ip)
+            .bind(LegacyTime(a.since))
+            .bind(LegacyTime(a.known_since))
+            .fetch_one(&mut *tx)
+            .await?;
+        if let Some(full) = counts.refusal(&limits) {
+            // A refused attempt writes nothing: a flood of them cannot grow the tables.
+            tx.rollback().await?;
+            return Ok(Reservation::Refused {
+                oldest: full.oldest.map_or(a.now, |t| t.0),
+            });
         }
-        let (attempt_id,): (i64,) = sqlx::query_as(
-            "INSERT INTO login_attempts (ip_address, email_or_username, attempted_at, success, \
-             counted) VALUES ($1, $2, $3, FALSE, TRUE) RETURNING CAST(attempt_id AS BIGINT)",
-        )
-        .bind(&a.ip)
-        .bind(&a.identifier)
-        .bind(LegacyTime(a.now))
-        .fetch_one(&mut *tx)
-        .await?;
+        let (attempt_id,) = insert().fetch_one(&mut *tx).await?;
         tx.commit().await?;
         Ok(Reservation::Granted {
             attempt_id: AttemptId(attempt_id),
