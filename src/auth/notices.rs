@@ -71,20 +71,23 @@ impl Auth {
         self: &Arc<Self>,
         user: &User,
         session_id: &SessionId,
-        log_id: Option<LocationLogId>,
+        logged: Option<(LocationLogId, LoginRecord)>,
         lookup: Option<IpAddr>,
     ) {
         if !self.config.new_signin_alerts {
-            self.locate_later(log_id, lookup);
+            self.locate_later(logged.map(|(log_id, _)| log_id), lookup);
             return;
         }
-        let Some(log_id) = log_id else {
+        let Some((log_id, this)) = logged else {
             return;
         };
         let auth = Arc::clone(self);
         let (user, session_id) = (user.clone(), session_id.clone());
         self.background.spawn(async move {
-            if let Err(e) = auth.notice_if_new(&user, &session_id, log_id, lookup).await {
+            if let Err(e) = auth
+                .notice_if_new(&user, &session_id, log_id, this, lookup)
+                .await
+            {
                 tracing::warn!(error = %e, "could not judge a sign-in for a notice");
             }
         });
@@ -95,11 +98,9 @@ impl Auth {
         user: &User,
         session_id: &SessionId,
         log_id: LocationLogId,
+        mut this: LoginRecord,
         lookup: Option<IpAddr>,
     ) -> Result<(), Error> {
-        let Some(mut this) = self.store.sign_in_location(log_id).await? else {
-            return Ok(());
-        };
         if let Some(addr) = lookup {
             let location = self.geo.lookup(addr).await;
             self.store.set_location(log_id, &location).await?;

@@ -109,6 +109,18 @@ impl Sessions<'_> {
         let (mut outcome, lookup) =
             self.outcome(attempt, &client, Some(&user), AttemptResult::Succeeded);
         outcome.method = method.to_owned();
+        // The history row as written, for the security notice to judge without reading it back.
+        let this = outcome
+            .account
+            .as_ref()
+            .map(|account| crate::store::LoginRecord {
+                ip: outcome.ip.clone(),
+                location: account.location.clone(),
+                user_agent: account.user_agent.clone(),
+                success: true,
+                created_at: outcome.now,
+                method: Some(outcome.method.clone()),
+            });
         let log_id = self
             .store
             .start_session(
@@ -130,7 +142,7 @@ impl Sessions<'_> {
                 &outcome,
             )
             .await?;
-        self.locate_and_notice(&user, &session_id, log_id, lookup);
+        self.locate_and_notice(&user, &session_id, log_id.zip(this), lookup);
         user.last_login = Some(now);
         self.issue(user, session_id, session_cookie, refresh_token, now)
     }

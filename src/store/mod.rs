@@ -794,11 +794,6 @@ pub trait Store: Send + Sync + 'static {
         except: LocationLogId,
         limit: i64,
     ) -> Result<Vec<LoginRecord>, StoreError>;
-    /// The location recorded for one history row.
-    async fn sign_in_location(
-        &self,
-        log_id: LocationLogId,
-    ) -> Result<Option<LoginRecord>, StoreError>;
     /// Stores the "this wasn't me" link with its notice email, atomically.
     async fn create_sign_in_notice(
         &self,

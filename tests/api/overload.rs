@@ -333,3 +333,64 @@ async fn me_is_one_round_trip_to_postgres() {
 }
 
 crate::postgres_only!(me_is_one_round_trip_to_postgres);
+
+/// A sign-in on PostgreSQL opens its session in one statement: the session, its refresh
+/// token, the attempt's outcome, the audit entry, the history row and the last sign-in go
+/// to the database together, not as a transaction of eight round trips.
+async fn sign_in_opens_its_session_in_one_statement_on_postgres() {
+    let database = fresh_pg_database().await;
+    let (proxy, mut url) = TcpProxy::in_front_of(&database.url).await;
+    url.query_pairs_mut().append_pair("sslmode", "disable");
+    let app = TestApp::builder(Backend::Postgres)
+        .database_url(url.as_str())
+        .spawn()
+        .await;
+    let (user, _) = app.signed_in_user().await;
+    app.settled().await;
+    proxy.take_round_trips();
+
+    let tokens = app.sign_in(&user).await;
+    app.settled().await;
+    let trips = proxy.take_round_trips();
+    // Statements run (a connection's first use of one also prepares it, a round trip apart).
+    let statements: Vec<&str> = trips
+        .iter()
+        .filter_map(|(_, t)| match t {
+            RoundTrip::Statement(sql) => Some(sql.as_str()),
+            RoundTrip::Prepare(_) | RoundTrip::Ping => None,
+        })
+        .filter(|sql| !sql.contains("email_outbox"))
+        .collect();
+    let opening: Vec<&&str> = statements
+        .iter()
+        .filter(|sql| sql.contains("INSERT INTO auth_sessions"))
+        .collect();
+    assert_eq!(opening.len(), 1, "{statements:#?}");
+    for part in [
+        "INSERT INTO refresh_tokens",
+        "UPDATE login_attempts",
+        "INSERT INTO audit_log",
+        "INSERT INTO user_location_logs",
+        "UPDATE users SET last_login",
+    ] {
+        assert!(opening[0].contains(part), "{part} is not in {}", opening[0]);
+    }
+    // The security notice judges the row as written, without reading it back.
+    assert!(
+        !statements
+            .iter()
+            .any(|sql| sql.contains("WHERE log_id = $1")),
+        "{statements:#?}"
+    );
+    // Only the attempt's reservation under the failure limits is a transaction.
+    let begins = statements
+        .iter()
+        .filter(|sql| sql.trim() == "BEGIN")
+        .count();
+    assert_eq!(begins, 1, "{statements:#?}");
+    // The session works, and shows in the history.
+    app.me(&tokens).await;
+    assert_eq!(app.login_history(&tokens.token).await.entries.len(), 2);
+}
+
+crate::postgres_only!(sign_in_opens_its_session_in_one_statement_on_postgres);

@@ -206,20 +206,6 @@ where
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
-    pub(super) async fn sign_in_location(
-        &self,
-        log_id: LocationLogId,
-    ) -> Result<Option<LoginRecord>, StoreError> {
-        let row: Option<LoginRecordRow> = sqlx::query_as(
-            "SELECT ip_address, CAST(location AS TEXT), user_agent, CAST(access_status AS TEXT), created_at, \
-             method FROM user_location_logs WHERE log_id = $1",
-        )
-        .bind(log_id.0)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(Into::into))
-    }
-
     pub(super) async fn create_sign_in_notice(
         &self,
         n: &NewSignInNotice,

@@ -476,12 +476,6 @@ where
     ) -> Result<Vec<LoginRecord>, StoreError> {
         SqlStore::earlier_sign_ins(self, user, except, limit).await
     }
-    async fn sign_in_location(
-        &self,
-        log: LocationLogId,
-    ) -> Result<Option<LoginRecord>, StoreError> {
-        SqlStore::sign_in_location(self, log).await
-    }
     async fn create_sign_in_notice(
         &self,
         notice: &NewSignInNotice,
