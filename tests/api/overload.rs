@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{fresh_pg_database, parse, Backend, TestApp, TestUser, PASSWORD};
+use crate::helpers::{fresh_pg_database, parse, Backend, PgDatabase, TestApp, TestUser, PASSWORD};
 use crate::responses::ErrorEnvelope;
 use crate::smtp_sink::free_port;
 use crate::tcp_proxy::{RoundTrip, TcpProxy};
@@ -245,12 +245,9 @@ async fn coalesced_look_ups_refuse_a_session_revoked_elsewhere_at_once(backend: 
 
 crate::both_backends!(coalesced_look_ups_refuse_a_session_revoked_elsewhere_at_once);
 
-/// `GET /api/auth/me` is one round trip to PostgreSQL, read off the wire between the service
-/// and the database: one statement checks the session and reads its user, and the
-/// connection it runs on is not pinged first (sqlx's default: a second round trip) unless it
-/// sat idle. sqlx's ping of a connection coming back to the pool runs after the answer, and
-/// the outbox's poll every 2 s is no request's.
-async fn me_is_one_round_trip_to_postgres() {
+/// An app on a fresh PostgreSQL database reached through the test proxy, in plain text (no
+/// TLS) so that the proxy can read the statements; the database lives as long as its guard.
+async fn app_behind_a_reading_proxy() -> (PgDatabase, TcpProxy, TestApp) {
     let database = fresh_pg_database().await;
     let (proxy, mut url) = TcpProxy::in_front_of(&database.url).await;
     url.query_pairs_mut().append_pair("sslmode", "disable");
@@ -258,6 +255,16 @@ async fn me_is_one_round_trip_to_postgres() {
         .database_url(url.as_str())
         .spawn()
         .await;
+    (database, proxy, app)
+}
+
+/// `GET /api/auth/me` is one round trip to PostgreSQL, read off the wire between the service
+/// and the database: one statement checks the session and reads its user, and the
+/// connection it runs on is not pinged first (sqlx's default: a second round trip) unless it
+/// sat idle. sqlx's ping of a connection coming back to the pool runs after the answer, and
+/// the outbox's poll every 2 s is no request's.
+async fn me_is_one_round_trip_to_postgres() {
+    let (_database, proxy, app) = app_behind_a_reading_proxy().await;
     let (_, tokens) = app.signed_in_user().await;
     // Requests one at a time go round the pool's idle connections: each prepares the
     // statement on its first look-up.
@@ -338,13 +345,7 @@ crate::postgres_only!(me_is_one_round_trip_to_postgres);
 /// token, the attempt's outcome, the audit entry, the history row and the last sign-in go
 /// to the database together, not as a transaction of eight round trips.
 async fn sign_in_opens_its_session_in_one_statement_on_postgres() {
-    let database = fresh_pg_database().await;
-    let (proxy, mut url) = TcpProxy::in_front_of(&database.url).await;
-    url.query_pairs_mut().append_pair("sslmode", "disable");
-    let app = TestApp::builder(Backend::Postgres)
-        .database_url(url.as_str())
-        .spawn()
-        .await;
+    let (_database, proxy, app) = app_behind_a_reading_proxy().await;
     let (user, _) = app.signed_in_user().await;
     app.settled().await;
     proxy.take_round_trips();
