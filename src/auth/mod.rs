@@ -27,8 +27,8 @@ use crate::domain::{
 use crate::error::Error;
 use crate::geo::ipinfo::GeoLocator;
 use crate::store::{
-    AttemptResult, NewSession, NewUser, ProfileChange, RefreshOutcome, Role, Rotation, Session,
-    SessionUser, Store, User,
+    AttemptResult, LoginRecord, NewSession, NewUser, ProfileChange, RefreshOutcome, Role, Rotation,
+    Session, SessionUser, Store, User,
 };
 use crate::tasks::Background;
 use crate::time::{self, Clock, Timestamp};

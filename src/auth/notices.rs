@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::mail::templates::{Email, EmailKind};
-use crate::store::{LocationLogId, LoginRecord, NewSignInNotice};
+use crate::store::{LocationLogId, NewSignInNotice};
 
 /// A "this wasn't me" link works for a week.
 const NOTICE_LINK_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);

@@ -110,17 +110,14 @@ impl Sessions<'_> {
             self.outcome(attempt, &client, Some(&user), AttemptResult::Succeeded);
         outcome.method = method.to_owned();
         // The history row as written, for the security notice to judge without reading it back.
-        let this = outcome
-            .account
-            .as_ref()
-            .map(|account| crate::store::LoginRecord {
-                ip: outcome.ip.clone(),
-                location: account.location.clone(),
-                user_agent: account.user_agent.clone(),
-                success: true,
-                created_at: outcome.now,
-                method: Some(outcome.method.clone()),
-            });
+        let this = outcome.account.as_ref().map(|account| LoginRecord {
+            ip: outcome.ip.clone(),
+            location: account.location.clone(),
+            user_agent: account.user_agent.clone(),
+            success: true,
+            created_at: outcome.now,
+            method: Some(outcome.method.clone()),
+        });
         let log_id = self
             .store
             .start_session(
