@@ -11,7 +11,7 @@ use rand::RngCore;
 use sha1::Sha1;
 use subtle::ConstantTimeEq;
 
-use super::protection::AttemptId;
+use super::protection::Attempt;
 use super::*;
 use crate::error::FieldError;
 use crate::mail::templates::{Email, EmailKind};
@@ -281,10 +281,26 @@ impl Auth {
         self: &Arc<Self>,
         user: User,
         client: ClientInfo,
-        attempt: AttemptId,
+        attempt: Attempt,
         method: &str,
     ) -> Result<SignIn, Error> {
-        if self.confirmed_totp(&user).await?.is_none() {
+        let two_factor = self.confirmed_totp(&user).await?.is_some();
+        self.complete_sign_in_knowing(user, two_factor, client, attempt, method)
+            .await
+    }
+
+    /// [`Self::complete_sign_in`] for a first factor that read `two_factor` (a confirmed TOTP
+    /// in force) with the account it signs in to, in the same statement: the password's
+    /// credentials query.
+    pub(super) async fn complete_sign_in_knowing(
+        self: &Arc<Self>,
+        user: User,
+        two_factor: bool,
+        client: ClientInfo,
+        attempt: Attempt,
+        method: &str,
+    ) -> Result<SignIn, Error> {
+        if !two_factor {
             let tokens = self
                 .sessions()
                 .start_session(user, client, attempt, method)
@@ -298,7 +314,7 @@ impl Auth {
                 &digest(&token),
                 &MfaChallenge {
                     user_db_id: user.db_id,
-                    attempt_id: attempt,
+                    attempt_id: self.written_attempt(attempt, &client).await?,
                     method: method.to_owned(),
                     failures: 0,
                 },
@@ -526,7 +542,7 @@ impl Mfa<'_> {
         // The password step's attempt ends as a success that opens nothing by itself.
         self.store
             .finish_sign_in(&AttemptOutcome {
-                attempt_id: challenge.attempt_id,
+                attempt: Attempt::Reserved(challenge.attempt_id),
                 result: AttemptResult::Succeeded,
                 ip: protection::ip_key(&client),
                 now: self.clock.now(),

@@ -8,11 +8,11 @@ use std::time::Duration;
 use super::{Auth, ClientInfo};
 use crate::error::Error;
 use crate::geo::ipinfo::Located;
-pub(super) use crate::store::AttemptId;
 use crate::store::{
     AccountAttempt, AttemptOutcome, AttemptReservation, AttemptResult, CountedAs, LocationLogId,
     Prune, RateKey, Reservation, SignInLimits, User,
 };
+pub(super) use crate::store::{Attempt, AttemptId};
 use crate::time::{self, Timestamp};
 
 /// Create-account, forgot-password and resend-verification limits count per hour.
@@ -46,8 +46,39 @@ impl Auth {
     /// Records the attempt before the password is judged, counted as a failure until it
     /// ends otherwise, atomically with the check of the limits: parallel guesses cannot all
     /// slip under them. For an account, failures by its username and its email count
-    /// together. A refused attempt is answered 429 and recorded nowhere.
+    /// together. A refused attempt is answered 429 and recorded nowhere. With the limits off
+    /// nothing needs to count it early: it is written once, when it ends.
     pub(super) async fn reserve_attempt(
+        &self,
+        identifier: &str,
+        account: Option<&User>,
+        client: &ClientInfo,
+    ) -> Result<Attempt, Error> {
+        if !self.config.limits.enabled {
+            return Ok(Attempt::Deferred {
+                identifier: identifier.to_owned(),
+            });
+        }
+        Ok(Attempt::Reserved(
+            self.write_attempt(identifier, account, client).await?,
+        ))
+    }
+
+    /// A deferred attempt written now, for a step that keeps its id (a second-factor
+    /// challenge, a social sign-in's one-time code).
+    pub(super) async fn written_attempt(
+        &self,
+        attempt: Attempt,
+        client: &ClientInfo,
+    ) -> Result<AttemptId, Error> {
+        match attempt {
+            Attempt::Reserved(id) => Ok(id),
+            Attempt::Deferred { identifier } => self.write_attempt(&identifier, None, client).await,
+        }
+    }
+
+    /// Writes the attempt as a counted failure, checking the limits first when they are on.
+    async fn write_attempt(
         &self,
         identifier: &str,
         account: Option<&User>,
@@ -189,7 +220,7 @@ impl Auth {
     /// How the attempt ended, as stored, and the address still to be located (if any).
     pub(super) fn outcome(
         &self,
-        attempt: AttemptId,
+        attempt: Attempt,
         client: &ClientInfo,
         account: Option<&User>,
         result: AttemptResult,
@@ -218,7 +249,7 @@ impl Auth {
             self.audit_event(kind, actor, Some(user), client, serde_json::json!({}))
         });
         let outcome = AttemptOutcome {
-            attempt_id: attempt,
+            attempt,
             result,
             ip,
             now: self.clock.now(),
@@ -244,7 +275,7 @@ impl Auth {
     /// Records how the attempt ended (a failure, or a success that opens no session).
     pub(super) async fn finish_attempt(
         &self,
-        attempt: AttemptId,
+        attempt: Attempt,
         client: &ClientInfo,
         account: Option<&User>,
         result: AttemptResult,
@@ -258,7 +289,7 @@ impl Auth {
     /// As [`Self::finish_attempt`], recorded in the audit log as `kind` (`None`: not at all).
     pub(super) async fn finish_attempt_as(
         &self,
-        attempt: AttemptId,
+        attempt: Attempt,
         client: &ClientInfo,
         account: Option<&User>,
         result: AttemptResult,

@@ -41,9 +41,9 @@ impl Sessions<'_> {
             .verify_admitted(admission, password.clone(), stored_hash.clone())
             .await?;
         let _turn = self.passwords.finishing().await?;
-        let (user, needs_rehash) = match (credentials, verification) {
+        let (user, two_factor, needs_rehash) = match (credentials, verification) {
             (Some(c), Verification::Valid { needs_rehash }) if c.user.active => {
-                (c.user, needs_rehash)
+                (c.user, c.two_factor, needs_rehash)
             }
             _ => {
                 self.finish_attempt(attempt, &client, account.as_ref(), AttemptResult::Failed)
@@ -67,7 +67,7 @@ impl Sessions<'_> {
             }
         }
         let outcome = self
-            .complete_sign_in(user, client, attempt, "password")
+            .complete_sign_in_knowing(user, two_factor, client, attempt, "password")
             .await?;
         if let mfa::SignIn::Done(tokens) = &outcome {
             tracing::info!(user = %tokens.user.uid, session = %tokens.session_id, "signed in");
@@ -99,7 +99,7 @@ impl Sessions<'_> {
         &self,
         mut user: User,
         client: ClientInfo,
-        attempt: protection::AttemptId,
+        attempt: protection::Attempt,
         method: &str,
     ) -> Result<IssuedTokens, Error> {
         let now = self.clock.now();

@@ -9,6 +9,7 @@
 mod github;
 mod oidc;
 
+use super::protection::Attempt;
 use super::*;
 use crate::config::sso::{GithubProvider, OidcProvider};
 use crate::domain::FieldError;
@@ -579,6 +580,7 @@ impl SocialSignIn<'_> {
             return Ok(Landing::SignedIn(outcome));
         }
         let code = random_token();
+        let attempt = self.written_attempt(attempt, &client).await?;
         self.store
             .create_sso_code(&NewSsoCode {
                 code_hash: digest(&code),
@@ -689,12 +691,22 @@ impl SocialSignIn<'_> {
             .await?
             .map(|c| c.user);
         let Some(user) = user.filter(|u| u.active) else {
-            self.finish_attempt(found.attempt, &client, None, AttemptResult::Failed)
-                .await?;
+            self.finish_attempt(
+                Attempt::Reserved(found.attempt),
+                &client,
+                None,
+                AttemptResult::Failed,
+            )
+            .await?;
             return Err(ACCOUNT_DISABLED);
         };
-        self.complete_sign_in(user, client, found.attempt, &found.method)
-            .await
+        self.complete_sign_in(
+            user,
+            client,
+            Attempt::Reserved(found.attempt),
+            &found.method,
+        )
+        .await
     }
 
     pub async fn identities(&self, principal: &Principal) -> Result<Vec<Identity>, Error> {

@@ -57,6 +57,9 @@ pub struct NewUser {
 pub struct Credentials {
     pub user: User,
     pub password_hash: String,
+    /// Whether a confirmed TOTP is in force on the account, read in the same statement so
+    /// that a password sign-in needs no look-up of its own for the second-factor gate.
+    pub two_factor: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -248,6 +251,16 @@ pub enum Reservation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttemptId(pub i64);
 
+/// A sign-in attempt as its outcome finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// Written before the password was judged, counted as a failure until it ends.
+    Reserved(AttemptId),
+    /// Not written yet: with the failure limits off nothing has to count it early, so its
+    /// outcome writes it once, with the identifier as typed, attempted when it ended.
+    Deferred { identifier: String },
+}
+
 /// A row of the sign-in history (`user_location_logs`), whose location may come later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocationLogId(pub i64);
@@ -272,10 +285,10 @@ impl AttemptResult {
     }
 }
 
-/// How a reserved attempt ended; for an existing account, its history row.
+/// How an attempt ended; for an existing account, its history row.
 #[derive(Debug, Clone)]
 pub struct AttemptOutcome {
-    pub attempt_id: AttemptId,
+    pub attempt: Attempt,
     pub result: AttemptResult,
     pub ip: String,
     pub now: Timestamp,

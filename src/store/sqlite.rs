@@ -136,9 +136,9 @@ mod tests {
     use crate::domain::{DisplayName, Email, Phone, SessionId, UserId, UserUid, Username};
     use crate::mail::templates::EmailKind;
     use crate::store::{
-        AttemptOutcome, AttemptReservation, AttemptResult, CountedAs, NewEmail, NewSession,
-        NewToken, NewUser, ProfileChange, RateKey, RefreshOutcome, Reservation, Role, Rotation,
-        Store, TokenKind, User,
+        Attempt, AttemptOutcome, AttemptReservation, AttemptResult, CountedAs, NewEmail,
+        NewSession, NewToken, NewUser, ProfileChange, RateKey, RefreshOutcome, Reservation, Role,
+        Rotation, Store, TokenKind, User,
     };
     use std::sync::Arc;
 
@@ -194,7 +194,7 @@ mod tests {
             panic!("without limits every attempt is granted");
         };
         let outcome = AttemptOutcome {
-            attempt_id,
+            attempt: Attempt::Reserved(attempt_id),
             result: AttemptResult::Succeeded,
             ip: "127.0.0.1".into(),
             now: session.now,

@@ -325,6 +325,39 @@ async fn an_mfa_token_lives_five_minutes_and_five_wrong_codes(backend: Backend) 
     assert_error(app.mfa_verify("", "").await, 400, "validation_failed").await;
 }
 
+/// With the failure limits off an attempt is written only when it ends; the password step
+/// of a two-factor sign-in ends with a challenge, so it is written then, and the second step
+/// finds it and ends it as a success.
+async fn the_second_step_ends_the_password_step_with_the_limits_off(backend: Backend) {
+    let app = TestApp::builder(backend)
+        .env("RATE_LIMITS", "off")
+        .spawn()
+        .await;
+    let u = app.two_factor_user().await;
+    let counts = || async {
+        (
+            app.db
+                .count("SELECT count(*) FROM login_attempts WHERE success")
+                .await,
+            app.db
+                .count("SELECT count(*) FROM login_attempts WHERE NOT success")
+                .await,
+        )
+    };
+    let before = counts().await;
+    let step = app.first_step(&u.user).await;
+    assert_eq!(counts().await, (before.0, before.1 + 1));
+    let tokens: Tokens = parse(
+        app.mfa_verify(&step.mfa_token, &app.code_now(&u.secret))
+            .await,
+        200,
+    )
+    .await;
+    app.me(&tokens).await;
+    // The password step's attempt and the code's, both succeeded.
+    assert_eq!(counts().await, (before.0 + 2, before.1));
+}
+
 async fn wrong_codes_count_toward_the_sign_in_limit(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let u = app.two_factor_user().await;
@@ -558,6 +591,7 @@ crate::both_backends!(
     expired_second_steps_are_pruned,
     setup_confirm_and_sign_in_with_the_second_step,
     an_mfa_token_lives_five_minutes_and_five_wrong_codes,
+    the_second_step_ends_the_password_step_with_the_limits_off,
     wrong_codes_count_toward_the_sign_in_limit,
     a_recovery_code_works_once,
     disable_needs_the_password_and_a_code,

@@ -247,12 +247,13 @@ crate::both_backends!(coalesced_look_ups_refuse_a_session_revoked_elsewhere_at_o
 
 /// An app on a fresh PostgreSQL database reached through the test proxy, in plain text (no
 /// TLS) so that the proxy can read the statements; the database lives as long as its guard.
-async fn app_behind_a_reading_proxy() -> (PgDatabase, TcpProxy, TestApp) {
+async fn app_behind_a_reading_proxy(rate_limits: &str) -> (PgDatabase, TcpProxy, TestApp) {
     let database = fresh_pg_database().await;
     let (proxy, mut url) = TcpProxy::in_front_of(&database.url).await;
     url.query_pairs_mut().append_pair("sslmode", "disable");
     let app = TestApp::builder(Backend::Postgres)
         .database_url(url.as_str())
+        .env("RATE_LIMITS", rate_limits)
         .spawn()
         .await;
     (database, proxy, app)
@@ -264,7 +265,7 @@ async fn app_behind_a_reading_proxy() -> (PgDatabase, TcpProxy, TestApp) {
 /// sat idle. sqlx's ping of a connection coming back to the pool runs after the answer, and
 /// the outbox's poll every 2 s is no request's.
 async fn me_is_one_round_trip_to_postgres() {
-    let (_database, proxy, app) = app_behind_a_reading_proxy().await;
+    let (_database, proxy, app) = app_behind_a_reading_proxy("on").await;
     let (_, tokens) = app.signed_in_user().await;
     // Requests one at a time go round the pool's idle connections: each prepares the
     // statement on its first look-up.
@@ -343,55 +344,90 @@ crate::postgres_only!(me_is_one_round_trip_to_postgres);
 
 /// A sign-in on PostgreSQL opens its session in one statement: the session, its refresh
 /// token, the attempt's outcome, the audit entry, the history row and the last sign-in go
-/// to the database together, not as a transaction of eight round trips.
+/// to the database together, not as a transaction of eight round trips. Before it, one
+/// statement reads the credentials with whether a second factor is on; with the failure
+/// limits on, one transaction between them reserves the attempt, and with them off the
+/// attempt is written only by the session's statement.
 async fn sign_in_opens_its_session_in_one_statement_on_postgres() {
-    let (_database, proxy, app) = app_behind_a_reading_proxy().await;
-    let (user, _) = app.signed_in_user().await;
-    app.settled().await;
-    proxy.take_round_trips();
+    for rate_limits in ["on", "off"] {
+        let (_database, proxy, app) = app_behind_a_reading_proxy(rate_limits).await;
+        let (user, _) = app.signed_in_user().await;
+        app.settled().await;
+        proxy.take_round_trips();
 
-    let tokens = app.sign_in(&user).await;
-    app.settled().await;
-    let trips = proxy.take_round_trips();
-    // Statements run (a connection's first use of one also prepares it, a round trip apart).
-    let statements: Vec<&str> = trips
-        .iter()
-        .filter_map(|(_, t)| match t {
-            RoundTrip::Statement(sql) => Some(sql.as_str()),
-            RoundTrip::Prepare(_) | RoundTrip::Ping => None,
-        })
-        .filter(|sql| !sql.contains("email_outbox"))
-        .collect();
-    let opening: Vec<&&str> = statements
-        .iter()
-        .filter(|sql| sql.contains("INSERT INTO auth_sessions"))
-        .collect();
-    assert_eq!(opening.len(), 1, "{statements:#?}");
-    for part in [
-        "INSERT INTO refresh_tokens",
-        "UPDATE login_attempts",
-        "INSERT INTO audit_log",
-        "INSERT INTO user_location_logs",
-        "UPDATE users SET last_login",
-    ] {
-        assert!(opening[0].contains(part), "{part} is not in {}", opening[0]);
-    }
-    // The security notice judges the row as written, without reading it back.
-    assert!(
-        !statements
+        let tokens = app.sign_in(&user).await;
+        app.settled().await;
+        let trips = proxy.take_round_trips();
+        // Statements run (a connection's first use of one also prepares it, a round trip
+        // apart).
+        let statements: Vec<&str> = trips
             .iter()
-            .any(|sql| sql.contains("WHERE log_id = $1")),
-        "{statements:#?}"
-    );
-    // Only the attempt's reservation under the failure limits is a transaction.
-    let begins = statements
-        .iter()
-        .filter(|sql| sql.trim() == "BEGIN")
-        .count();
-    assert_eq!(begins, 1, "{statements:#?}");
-    // The session works, and shows in the history.
-    app.me(&tokens).await;
-    assert_eq!(app.login_history(&tokens.token).await.entries.len(), 2);
+            .filter_map(|(_, t)| match t {
+                RoundTrip::Statement(sql) => Some(sql.as_str()),
+                RoundTrip::Prepare(_) | RoundTrip::Ping => None,
+            })
+            .filter(|sql| !sql.contains("email_outbox"))
+            .collect();
+        let opening: Vec<usize> = (0..statements.len())
+            .filter(|&i| statements[i].contains("INSERT INTO auth_sessions"))
+            .collect();
+        assert_eq!(opening.len(), 1, "{rate_limits}: {statements:#?}");
+        let (request, opening) = (&statements[..=opening[0]], statements[opening[0]]);
+        let attempt = match rate_limits {
+            "on" => "UPDATE login_attempts",
+            _ => "INSERT INTO login_attempts",
+        };
+        for part in [
+            "INSERT INTO refresh_tokens",
+            attempt,
+            "INSERT INTO audit_log",
+            "INSERT INTO user_location_logs",
+            "UPDATE users SET last_login",
+        ] {
+            assert!(
+                opening.contains(part),
+                "{rate_limits}: {part} is not in {opening}"
+            );
+        }
+        // First the credentials, read with the second-factor flag: no look-up of its own.
+        assert!(
+            request[0].contains("FROM users u") && request[0].contains("mfa_totp"),
+            "{rate_limits}: {request:#?}"
+        );
+        assert!(
+            !statements
+                .iter()
+                .any(|sql| sql.contains("FROM mfa_totp WHERE user_id")),
+            "{rate_limits}: {statements:#?}"
+        );
+        // The security notice judges the row as written, without reading it back.
+        assert!(
+            !statements
+                .iter()
+                .any(|sql| sql.contains("WHERE log_id = $1")),
+            "{rate_limits}: {statements:#?}"
+        );
+        // Only the attempt's reservation under the failure limits is a transaction; without
+        // the limits the request makes two statements in all.
+        let begins = statements
+            .iter()
+            .filter(|sql| sql.trim() == "BEGIN")
+            .count();
+        match rate_limits {
+            "on" => assert_eq!(begins, 1, "{statements:#?}"),
+            _ => assert_eq!((begins, request.len()), (0, 2), "{statements:#?}"),
+        }
+        // The session works, and shows in the history; the attempt is on record once.
+        app.me(&tokens).await;
+        assert_eq!(app.login_history(&tokens.token).await.entries.len(), 2);
+        assert_eq!(
+            app.db
+                .count("SELECT count(*) FROM login_attempts WHERE success")
+                .await,
+            2,
+            "{rate_limits}"
+        );
+    }
 }
 
 crate::postgres_only!(sign_in_opens_its_session_in_one_statement_on_postgres);

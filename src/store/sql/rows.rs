@@ -54,7 +54,13 @@ pub(super) struct CredentialsRow {
     #[sqlx(flatten)]
     pub user: UserRow,
     pub password: String,
+    pub two_factor: bool,
 }
+
+/// The columns of [`CredentialsRow`] after the user's: the password hash, and whether a
+/// confirmed TOTP is in force.
+pub(super) const CREDENTIAL_COLUMNS: &str = "u.password, EXISTS (SELECT 1 FROM mfa_totp t \
+     WHERE t.user_id = u.user_db_id AND t.confirmed_at IS NOT NULL) AS two_factor";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct SessionRow {

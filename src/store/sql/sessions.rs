@@ -7,8 +7,8 @@ use super::{SqlStore, Value};
 use crate::domain::{SessionId, UserId};
 use crate::store::dialect::{Dialect, LegacyTime};
 use crate::store::{
-    AccountAttempt, AttemptOutcome, LocationLogId, NewAuditEvent, NewSession, RefreshOutcome,
-    Rotation, Session, SessionUser, StoreError,
+    AccountAttempt, Attempt, AttemptOutcome, LocationLogId, NewAuditEvent, NewSession,
+    RefreshOutcome, Rotation, Session, SessionUser, StoreError,
 };
 use crate::time::Timestamp;
 
@@ -40,26 +40,46 @@ impl HotStatements {
 }
 
 /// What [`SqlStore::start_session`] writes, as one PostgreSQL statement: the session, its
-/// first refresh token, the attempt's outcome, its audit entry, the history row (whose id it
-/// returns) and the user's last sign-in. Foreign keys are checked at the statement's end, when
-/// the session row is there.
-const START_SESSION_AT_ONCE: &str = "\
-    WITH session AS ( \
-        INSERT INTO auth_sessions (session_id, user_id, cookie_hash, created_at, last_used_at, \
-        expires_at, ip_address, user_agent) VALUES ($1, $2, $3, $4, $4, $5, $6, $7) \
-    ), refresh AS ( \
-        INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($8, $1, $4) \
-    ), attempt AS ( \
-        UPDATE login_attempts SET success = $10, counted = $11 WHERE attempt_id = $9 \
-    ), audit AS ( \
-        INSERT INTO audit_log (created_at, kind, actor_uid, target_uid, ip, user_agent, details) \
-        VALUES ($12, $13, $14, $15, $16, $17, $18::jsonb) \
-    ), last_login AS ( \
-        UPDATE users SET last_login = $25 WHERE user_db_id = $2 \
-    ) \
-    INSERT INTO user_location_logs (user_id, ip_address, location, created_at, user_agent, \
-    access_status, method) VALUES ($2, $19, $20::jsonb, $21, $22, $23::access_status_enum, $24) \
-    RETURNING CAST(log_id AS BIGINT)";
+/// first refresh token, the attempt's outcome (`$attempt`, with `$9` the attempt), its audit
+/// entry, the history row (whose id it returns) and the user's last sign-in. Foreign keys are
+/// checked at the statement's end, when the session row is there.
+macro_rules! start_session_at_once {
+    ($attempt:literal) => {
+        concat!(
+            "WITH session AS ( \
+                INSERT INTO auth_sessions (session_id, user_id, cookie_hash, created_at, \
+                last_used_at, expires_at, ip_address, user_agent) \
+                VALUES ($1, $2, $3, $4, $4, $5, $6, $7) \
+            ), refresh AS ( \
+                INSERT INTO refresh_tokens (token_hash, session_id, created_at) \
+                VALUES ($8, $1, $4) \
+            ), attempt AS (",
+            $attempt,
+            "), audit AS ( \
+                INSERT INTO audit_log (created_at, kind, actor_uid, target_uid, ip, user_agent, \
+                details) VALUES ($12, $13, $14, $15, $16, $17, $18::jsonb) \
+            ), last_login AS ( \
+                UPDATE users SET last_login = $25 WHERE user_db_id = $2 \
+            ) \
+            INSERT INTO user_location_logs (user_id, ip_address, location, created_at, \
+            user_agent, access_status, method) \
+            VALUES ($2, $19, $20::jsonb, $21, $22, $23::access_status_enum, $24) \
+            RETURNING CAST(log_id AS BIGINT)"
+        )
+    };
+}
+
+/// For an attempt reserved before the password was judged (`$9` its id).
+const START_SESSION_RESERVED: &str = start_session_at_once!(
+    "UPDATE login_attempts SET success = $10, counted = $11 WHERE attempt_id = $9"
+);
+
+/// For a deferred attempt (`$9` the identifier), written as it ends, at the history row's
+/// address and time.
+const START_SESSION_DEFERRED: &str = start_session_at_once!(
+    "INSERT INTO login_attempts (ip_address, email_or_username, attempted_at, success, counted) \
+     VALUES ($19, $9, $21, $10, $11)"
+);
 
 /// A refresh token that could not be claimed: its session, and when it was used.
 #[derive(sqlx::FromRow)]
@@ -131,7 +151,11 @@ where
         audit: &NewAuditEvent,
         account: &AccountAttempt,
     ) -> Result<Option<LocationLogId>, StoreError> {
-        let (log_id,): (i64,) = sqlx::query_as(START_SESSION_AT_ONCE)
+        let sql = match attempt.attempt {
+            Attempt::Reserved(_) => START_SESSION_RESERVED,
+            Attempt::Deferred { .. } => START_SESSION_DEFERRED,
+        };
+        let query = sqlx::query_as(sql)
             .bind(&s.id)
             .bind(s.user_db_id)
             .bind(&s.cookie_hash)
@@ -139,8 +163,12 @@ where
             .bind(s.expires_at)
             .bind(&s.ip)
             .bind(&s.user_agent)
-            .bind(&s.refresh_hash)
-            .bind(attempt.attempt_id.0)
+            .bind(&s.refresh_hash);
+        let query = match &attempt.attempt {
+            Attempt::Reserved(id) => query.bind(id.0),
+            Attempt::Deferred { identifier } => query.bind(identifier),
+        };
+        let (log_id,): (i64,) = query
             .bind(attempt.result.succeeded())
             .bind(attempt.result.counted())
             .bind(audit.now)

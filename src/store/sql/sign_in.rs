@@ -8,10 +8,14 @@ use super::{SqlStore, Value};
 use crate::domain::UserId;
 use crate::store::dialect::{Dialect, LegacyTime, Lock, LockClass};
 use crate::store::{
-    AttemptId, AttemptOutcome, AttemptReservation, LocationLogId, LoginRecord, Reservation,
-    SignInLimits, StoreError,
+    Attempt, AttemptId, AttemptOutcome, AttemptReservation, LocationLogId, LoginRecord,
+    Reservation, SignInLimits, StoreError,
 };
 use crate::time::Timestamp;
+
+/// An attempt written only once it has ended (see [`Attempt::Deferred`]).
+const INSERT_ENDED_ATTEMPT: &str = "INSERT INTO login_attempts (ip_address, email_or_username, \
+     attempted_at, success, counted) VALUES ($1, $2, $3, $4, $5)";
 
 /// Counted failures since `$4` for identifiers `$1`/`$2` from IP `$3` (after that address's
 /// last success), for the identifiers from anywhere, and from the IP on any account, each
@@ -175,17 +179,34 @@ where
         Ok(log_id)
     }
 
-    /// Records how a reserved sign-in attempt ended, inside the caller's transaction.
+    /// Records how a sign-in attempt ended (writing it, if it was deferred), inside the
+    /// caller's transaction.
     pub(super) async fn record_outcome(
         tx: &mut Transaction<'_, DB>,
         o: &AttemptOutcome,
     ) -> Result<Option<LocationLogId>, StoreError> {
-        sqlx::query("UPDATE login_attempts SET success = $2, counted = $3 WHERE attempt_id = $1")
-            .bind(o.attempt_id.0)
-            .bind(o.result.succeeded())
-            .bind(o.result.counted())
-            .execute(&mut **tx)
-            .await?;
+        match &o.attempt {
+            Attempt::Reserved(id) => {
+                sqlx::query(
+                    "UPDATE login_attempts SET success = $2, counted = $3 WHERE attempt_id = $1",
+                )
+                .bind(id.0)
+                .bind(o.result.succeeded())
+                .bind(o.result.counted())
+                .execute(&mut **tx)
+                .await?;
+            }
+            Attempt::Deferred { identifier } => {
+                sqlx::query(INSERT_ENDED_ATTEMPT)
+                    .bind(&o.ip)
+                    .bind(identifier)
+                    .bind(LegacyTime(o.now))
+                    .bind(o.result.succeeded())
+                    .bind(o.result.counted())
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
         if let Some(audit) = &o.audit {
             Self::append_audit(tx, audit).await?;
         }

@@ -2,7 +2,7 @@
 
 use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Transaction, Type};
 
-use super::rows::{CredentialsRow, UserRow, USER_COLUMNS};
+use super::rows::{CredentialsRow, UserRow, CREDENTIAL_COLUMNS, USER_COLUMNS};
 use super::{SqlStore, Value};
 use crate::domain::{SessionId, UserId, UserUid};
 use crate::store::dialect::{Dialect, LegacyTime};
@@ -76,7 +76,7 @@ where
         identifier: &str,
     ) -> Result<Option<Credentials>, StoreError> {
         let sql = format!(
-            "SELECT {USER_COLUMNS}, u.password FROM users u LEFT JOIN roles r ON r.role_id = u.role_id \
+            "SELECT {USER_COLUMNS}, {CREDENTIAL_COLUMNS} FROM users u LEFT JOIN roles r ON r.role_id = u.role_id \
              WHERE lower(u.username) = $1 OR lower(u.email) = $1 LIMIT 1"
         );
         let row: Option<CredentialsRow> = sqlx::query_as(&sql)
@@ -91,7 +91,7 @@ where
         user_db_id: UserId,
     ) -> Result<Option<Credentials>, StoreError> {
         let sql = format!(
-            "SELECT {USER_COLUMNS}, u.password FROM users u LEFT JOIN roles r ON r.role_id = u.role_id \
+            "SELECT {USER_COLUMNS}, {CREDENTIAL_COLUMNS} FROM users u LEFT JOIN roles r ON r.role_id = u.role_id \
              WHERE u.user_db_id = $1"
         );
         let row: Option<CredentialsRow> = sqlx::query_as(&sql)
@@ -320,6 +320,7 @@ impl From<CredentialsRow> for Credentials {
         Credentials {
             user: r.user.into(),
             password_hash: r.password,
+            two_factor: r.two_factor,
         }
     }
 }
