@@ -4,10 +4,11 @@
 # storm with /health and /me measured during it; idle, peak and after-storm memory; sign-in
 # over HTTPS beside plain HTTP; and beside them the machine's own limits measured in the same
 # run: argon2id hashes per second (in-process, × cores) and `pgbench -S -M prepared -c 32 -j 2`.
-# Usage: bench/run.sh [seconds-per-run]   (needs wrk and pgbench; installs wrk if missing)
+# Usage: bench/run.sh [seconds-per-run]   (sign-in runs twice as long, in four slices)   (needs wrk and pgbench; installs wrk if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-10}"
+SLICE=$(( DURATION > 3 ? DURATION / 2 : 2 ))
 SETTLE="${BENCH_SETTLE_SECS:-60}"
 PG_ADMIN="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
@@ -39,6 +40,29 @@ p99 = ms(re.search(r"\s99%\s+(\S+)", text).group(1))
 bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 print(f"{float(rps):.0f} {p50:.2f} {p99:.2f} {bad.group(1) if bad else 0}")
 '
+}
+
+# wrk --latency outputs of consecutive slices of one load → "req/s p50_ms p99_ms non2xx":
+# requests over the slices' time, the median slice's p50, the worst slice's p99.
+summarize_slices() {
+  python3 - "$@" <<'PY'
+import re, statistics, sys
+def ms(v):
+    n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
+    return float(n) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+done = seconds = bad = 0
+p50s, p99s = [], []
+for path in sys.argv[1:]:
+    text = open(path).read()
+    n, secs, unit = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)", text).groups()
+    done += int(n)
+    seconds += float(secs) * {"ms": 0.001, "s": 1.0, "m": 60.0}[unit]
+    p50s.append(ms(re.search(r"\s50%\s+(\S+)", text).group(1)))
+    p99s.append(ms(re.search(r"\s99%\s+(\S+)", text).group(1)))
+    found = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    bad += int(found.group(1)) if found else 0
+print(f"{done / seconds:.0f} {statistics.median(p50s):.2f} {max(p99s):.2f} {bad}")
+PY
 }
 
 row() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$ROWS"; }
@@ -82,14 +106,20 @@ run_backend() { # name database_url port [https]
   token=$(curl -skf "$base/api/auth/signin" -H 'content-type: application/json' \
     -d '{"username":"bench.user","password":"correct-horse-battery-staple-42"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 
-  local signin me before after
-  # The ceiling right before and right after this run, the higher of the two: the machine's
-  # speed drifts within minutes, so a ceiling from the start of the bench can be off.
-  before=$(hash_ceiling)
-  signin=$(wrk --latency -t2 -c32 -d"${DURATION}s" -s "$WORK/signin.lua" "$base/api/auth/signin" | summarize)
-  after=$(hash_ceiling)
-  row "$name" "POST /api/auth/signin, 32 conn" $signin \
-    "sign-in:$(python3 -c 'import sys; print(max(map(float, sys.argv[1:])))' "$before" "$after")"
+  local signin me
+  # Sign-in in slices, the ceiling measured before, between and after them: this shared
+  # machine's speed moves by a factor of two within seconds, so the ceiling that counts is
+  # the mean of samples spread over the run, not one taken minutes (or one slice) away.
+  local -a ceilings=()
+  local slice
+  for slice in 1 2 3 4; do
+    ceilings+=("$(hash_ceiling)")
+    wrk --latency -t2 -c32 -d"${SLICE}s" -s "$WORK/signin.lua" "$base/api/auth/signin" \
+      >"$WORK/$name-signin-$slice.txt"
+  done
+  ceilings+=("$(hash_ceiling)")
+  signin=$(summarize_slices "$WORK/$name-signin-"{1,2,3,4}.txt)
+  row "$name" "POST /api/auth/signin, 32 conn" $signin "sign-in:$(IFS=,; echo "${ceilings[*]}")"
   if [ "${4:-}" = https ]; then
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
@@ -121,12 +151,11 @@ run_backend() { # name database_url port [https]
 }
 
 echo "== machine: $(nproc) cores; ${DURATION}s per run; memory settles ${SETTLE}s after the storm"
-# The ceiling: every core hashing at once, measured in the same run, before and after the
-# loads; the higher of the two counts (this shared machine's speed drifts by 20 % and more
-# within minutes, and a slow moment must not flatter the ratios).
+# The ceiling: every core hashing at once, 40 hashes per core (about 1 s), measured at the
+# bench's start and end and between the slices of each sign-in load.
 hash_ceiling() {
   local line
-  line=$("$BIN" hash-benchmark)
+  line=$("$BIN" hash-benchmark --rounds 40)
   echo "$line" >&2
   echo "$line" | sed -E 's/.* ([0-9.]+) hashes\/s on [0-9]+ cores at once.*/\1/'
 }
@@ -153,7 +182,7 @@ python3 - "$ROWS" "$WORK/memory.tsv" "$ceiling" "$pgbench_tps" <<'PY'
 import sys
 rows, memory, ceiling, pgbench = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 print(f"\nlimits measured in this run: argon2id ceiling {ceiling:.1f} hashes/s at the start and "
-      f"end (each sign-in's ratio is to the ceiling measured right before and after it); "
+      f"end (each sign-in's ratio is to the mean of the ceilings measured between its slices); "
       f"pgbench -S -M prepared -c 32 -j 2: {pgbench:.0f} tps\n")
 print("| backend | load | req/s | p50 ms | p99 ms | non-2xx | ratio |")
 print("|---|---|---:|---:|---:|---:|---:|")
@@ -161,8 +190,10 @@ for line in open(rows):
     name, load, rps, p50, p99, bad, kind = line.rstrip("\n").split("\t")
     ratio = ""
     if kind.startswith("sign-in:"):
-        local = float(kind.split(":")[1])
-        ratio = f"{float(rps) / local:.2f} of argon2id ({local:.1f}/s beside it)"
+        samples = [float(c) for c in kind.split(":")[1].split(",")]
+        local = sum(samples) / len(samples)
+        ratio = (f"{float(rps) / local:.2f} of argon2id (mean {local:.1f}/s of "
+                 f"{min(samples):.0f}–{max(samples):.0f} between the slices)")
     elif kind == "me" and name == "postgres":
         ratio = f"{float(rps) / pgbench:.2f} of pgbench"
     print(f"| {name} | {load} | {rps} | {p50} | {p99} | {bad} | {ratio} |")
