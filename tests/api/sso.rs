@@ -20,9 +20,15 @@ fn front_end() -> String {
 
 /// A server with GitHub, Google and a generic OIDC provider `acme`, all played by `fake`.
 async fn sso_app(backend: Backend) -> (TestApp, FakeProvider) {
+    sso_app_with_limits(backend, "on").await
+}
+
+/// [`sso_app`] with `RATE_LIMITS` set to `rate_limits`.
+async fn sso_app_with_limits(backend: Backend, rate_limits: &str) -> (TestApp, FakeProvider) {
     let fake = FakeProvider::start().await;
     let port = free_port().to_string();
     let app = TestApp::builder(backend)
+        .env("RATE_LIMITS", rate_limits)
         .env("APP_PORT", &port)
         .env("APP_URL", &format!("http://127.0.0.1:{port}"))
         .env("GITHUB_CLIENT_ID", "gh-client")
@@ -200,6 +206,7 @@ both_backends!(
     a_signed_in_user_links_lists_and_unlinks,
     the_last_way_in_cannot_be_unlinked,
     a_deactivated_account_cannot_sign_in_socially,
+    with_the_limits_off_a_social_sign_in_is_recorded_once,
     unconfigured_providers_are_not_found,
     social_sign_in_counts_for_the_limits,
     the_pages_sign_in_directly_and_link_from_the_account,
@@ -632,6 +639,30 @@ async fn a_deactivated_account_cannot_sign_in_socially(backend: Backend) {
             .await
             >= 2
     );
+}
+
+/// With the failure limits off an attempt is written only when it ends, or when a step
+/// keeps its id: the callback hands out a one-time code, so it writes the attempt then, and
+/// the exchange ends that same row as a success.
+async fn with_the_limits_off_a_social_sign_in_is_recorded_once(backend: Backend) {
+    let (app, fake) = sso_app_with_limits(backend, "off").await;
+    fake.sign_in_as(Person::new("31", "sol@example.com"));
+    let attempts = || async {
+        (
+            app.db
+                .count("SELECT count(*) FROM login_attempts WHERE success")
+                .await,
+            app.db
+                .count("SELECT count(*) FROM login_attempts WHERE NOT success")
+                .await,
+        )
+    };
+    let code = param(&through(&app, "github").await, "code").unwrap();
+    assert_eq!(attempts().await, (0, 1));
+    let tokens: Tokens = parse(try_exchange(&app, &code).await, 200).await;
+    app.me(&tokens).await;
+    assert_eq!(attempts().await, (1, 0));
+    assert_eq!(app.login_history(&tokens.token).await.entries.len(), 1);
 }
 
 async fn unconfigured_providers_are_not_found(backend: Backend) {
