@@ -4,11 +4,12 @@
 # storm with /health and /me measured during it; idle, peak and after-storm memory; sign-in
 # over HTTPS beside plain HTTP; and beside them the machine's own limits measured in the same
 # run: argon2id hashes per second (in-process, × cores) and `pgbench -S -M prepared -c 32 -j 2`.
-# Usage: bench/run.sh [seconds-per-run]   (sign-in runs twice as long, in four slices)   (needs wrk and pgbench; installs wrk if missing)
+# Usage: bench/run.sh [seconds-per-run]   (sign-in: four slices of half that each; needs wrk
+# and pgbench, installs wrk if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-10}"
-SLICE=$(( DURATION > 3 ? DURATION / 2 : 2 ))
+SLICE=$(( DURATION >= 2 ? DURATION / 2 : 1 ))
 SETTLE="${BENCH_SETTLE_SECS:-60}"
 PG_ADMIN="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
@@ -108,7 +109,7 @@ run_backend() { # name database_url port [https]
 
   local signin me
   # Sign-in in slices, the ceiling measured before, between and after them: this shared
-  # machine's speed moves by a factor of two within seconds, so the ceiling that counts is
+  # machine's speed moves by half again within seconds, so the ceiling that counts is
   # the mean of samples spread over the run, not one taken minutes (or one slice) away.
   local -a ceilings=()
   local slice

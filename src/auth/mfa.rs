@@ -273,10 +273,11 @@ impl Auth {
         Ok(None)
     }
 
-    /// THE gate after a first factor (password today, social sign-in next): with two
-    /// factors on, the second step; else the session. `attempt` is the reserved sign-in
-    /// attempt, which the session (or the second step) completes; `method` says how the
-    /// first factor was proved (`password`, `github`, …) and is kept for the second step.
+    /// THE gate after a first factor (a password or a social sign-in): with two factors on,
+    /// the second step; else the session. `attempt` is the sign-in attempt (reserved, or
+    /// deferred with the limits off), which the session (or the second step) completes;
+    /// `method` says how the first factor was proved (`password`, `github`, …) and is kept
+    /// for the second step.
     pub async fn complete_sign_in(
         self: &Arc<Self>,
         user: User,
@@ -291,7 +292,9 @@ impl Auth {
 
     /// [`Self::complete_sign_in`] for a first factor that read `two_factor` (a confirmed TOTP
     /// in force) with the account it signs in to, in the same statement: the password's
-    /// credentials query.
+    /// credentials query. A second factor confirmed while that sign-in's hash runs does not
+    /// apply to it, as it does not to a session opened a moment earlier (confirming one
+    /// ends no session).
     pub(super) async fn complete_sign_in_knowing(
         self: &Arc<Self>,
         user: User,

@@ -94,7 +94,8 @@ impl Sessions<'_> {
     }
 
     /// Opens the session and records the successful attempt, in one transaction. Only the
-    /// gate of two-factor authentication (`Auth::complete_sign_in`) and its second step call it.
+    /// gate of two-factor authentication (`Auth::complete_sign_in` and
+    /// `Auth::complete_sign_in_knowing`) and its second step call it.
     pub(super) async fn start_session(
         &self,
         mut user: User,

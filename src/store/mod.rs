@@ -58,7 +58,8 @@ pub struct Credentials {
     pub user: User,
     pub password_hash: String,
     /// Whether a confirmed TOTP is in force on the account, read in the same statement so
-    /// that a password sign-in needs no look-up of its own for the second-factor gate.
+    /// that a password sign-in needs no look-up of its own for the second-factor gate (read
+    /// before the hash: a second factor confirmed during it applies from the next sign-in).
     pub two_factor: bool,
 }
 
