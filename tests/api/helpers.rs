@@ -328,6 +328,16 @@ impl TestDb {
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
+    /// The sign-in attempts on record: those that succeeded, and the others.
+    pub async fn attempts(&self) -> (i64, i64) {
+        (
+            self.count("SELECT count(*) FROM login_attempts WHERE success")
+                .await,
+            self.count("SELECT count(*) FROM login_attempts WHERE NOT success")
+                .await,
+        )
+    }
+
     /// Moves every `expires_at` of `table` (`tokens`, `api_keys`) a minute into the past.
     pub async fn expire_all(&self, table: &str) {
         let past = chrono::Utc::now() - chrono::Duration::minutes(1);

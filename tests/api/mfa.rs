@@ -334,19 +334,9 @@ async fn the_second_step_ends_the_password_step_with_the_limits_off(backend: Bac
         .spawn()
         .await;
     let u = app.two_factor_user().await;
-    let counts = || async {
-        (
-            app.db
-                .count("SELECT count(*) FROM login_attempts WHERE success")
-                .await,
-            app.db
-                .count("SELECT count(*) FROM login_attempts WHERE NOT success")
-                .await,
-        )
-    };
-    let before = counts().await;
+    let before = app.db.attempts().await;
     let step = app.first_step(&u.user).await;
-    assert_eq!(counts().await, (before.0, before.1 + 1));
+    assert_eq!(app.db.attempts().await, (before.0, before.1 + 1));
     let tokens: Tokens = parse(
         app.mfa_verify(&step.mfa_token, &app.code_now(&u.secret))
             .await,
@@ -355,7 +345,7 @@ async fn the_second_step_ends_the_password_step_with_the_limits_off(backend: Bac
     .await;
     app.me(&tokens).await;
     // The password step's attempt and the code's, both succeeded.
-    assert_eq!(counts().await, (before.0 + 2, before.1));
+    assert_eq!(app.db.attempts().await, (before.0 + 2, before.1));
 }
 
 async fn wrong_codes_count_toward_the_sign_in_limit(backend: Backend) {

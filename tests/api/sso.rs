@@ -647,21 +647,11 @@ async fn a_deactivated_account_cannot_sign_in_socially(backend: Backend) {
 async fn with_the_limits_off_a_social_sign_in_is_recorded_once(backend: Backend) {
     let (app, fake) = sso_app_with_limits(backend, "off").await;
     fake.sign_in_as(Person::new("31", "sol@example.com"));
-    let attempts = || async {
-        (
-            app.db
-                .count("SELECT count(*) FROM login_attempts WHERE success")
-                .await,
-            app.db
-                .count("SELECT count(*) FROM login_attempts WHERE NOT success")
-                .await,
-        )
-    };
     let code = param(&through(&app, "github").await, "code").unwrap();
-    assert_eq!(attempts().await, (0, 1));
+    assert_eq!(app.db.attempts().await, (0, 1));
     let tokens: Tokens = parse(try_exchange(&app, &code).await, 200).await;
     app.me(&tokens).await;
-    assert_eq!(attempts().await, (1, 0));
+    assert_eq!(app.db.attempts().await, (1, 0));
     assert_eq!(app.login_history(&tokens.token).await.entries.len(), 1);
 }
 
