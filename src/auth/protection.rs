@@ -229,12 +229,7 @@ impl Auth {
         account: Option<&User>,
         result: AttemptResult,
     ) -> (AttemptOutcome, Option<IpAddr>) {
-        let counted = if result.succeeded() {
-            "success"
-        } else {
-            "failure"
-        };
-        metrics::counter!("authflow_sign_ins_total", "outcome" => counted).increment(1);
+        metrics::counter!("authflow_sign_ins_total", "outcome" => result.status()).increment(1);
         let ip = ip_key(client);
         let (location, lookup) = match (account, client.ip) {
             (Some(_), Some(addr)) => match self.geo.locate_now(addr) {

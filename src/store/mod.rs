@@ -284,6 +284,14 @@ impl AttemptResult {
     pub fn counted(self) -> bool {
         self != AttemptResult::EmailNotVerified
     }
+    /// As the history (`user_location_logs.access_status`) and the sign-in metric name it.
+    pub fn status(self) -> &'static str {
+        if self.succeeded() {
+            "success"
+        } else {
+            "failure"
+        }
+    }
 }
 
 /// How an attempt ended; for an existing account, its history row.

@@ -1,6 +1,7 @@
 //! The audit log (append-only: inserted and read here, never updated or deleted) and the
 //! "this wasn't me" links of new-sign-in notices.
 
+use sqlx::query::Query;
 use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Transaction, Type};
 
 use super::rows::{LoginRecordRow, UserRow, USER_COLUMNS};
@@ -101,20 +102,30 @@ where
         e: &NewAuditEvent,
     ) -> Result<(), StoreError> {
         let jsonb = DB::JSONB;
-        sqlx::query(&format!(
+        let sql = format!(
             "INSERT INTO audit_log (created_at, kind, actor_uid, target_uid, ip, user_agent, details) \
              VALUES ($1, $2, $3, $4, $5, $6, $7{jsonb})"
-        ))
-        .bind(e.now)
-        .bind(e.kind)
-        .bind(e.actor.as_ref().map(|u| u.as_str().to_owned()))
-        .bind(e.target.as_ref().map(|u| u.as_str().to_owned()))
-        .bind(&e.ip)
-        .bind(&e.user_agent)
-        .bind(e.details.to_string())
-        .execute(&mut **tx)
-        .await?;
+        );
+        Self::bind_audit(sqlx::query(&sql), e)
+            .execute(&mut **tx)
+            .await?;
         Ok(())
+    }
+
+    /// An entry's seven columns in the order `audit_log` is written everywhere (here, and
+    /// within the statement that opens a session on PostgreSQL).
+    pub(super) fn bind_audit<'q>(
+        query: Query<'q, DB, DB::Arguments<'q>>,
+        e: &'q NewAuditEvent,
+    ) -> Query<'q, DB, DB::Arguments<'q>> {
+        query
+            .bind(e.now)
+            .bind(e.kind)
+            .bind(e.actor.as_ref().map(|u| u.as_str().to_owned()))
+            .bind(e.target.as_ref().map(|u| u.as_str().to_owned()))
+            .bind(&e.ip)
+            .bind(&e.user_agent)
+            .bind(e.details.to_string())
     }
 
     pub(super) async fn record_audit(

@@ -1,6 +1,7 @@
 //! Sessions: opening one with its first refresh token, finding, rotating, listing, revoking.
 
-use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Transaction, Type};
+use sqlx::query::Query;
+use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Row as _, Transaction, Type};
 
 use super::rows::{SessionRow, SessionUserRow, SESSION_COLUMNS, USER_COLUMNS};
 use super::{SqlStore, Value};
@@ -116,17 +117,14 @@ where
             }
         }
         let mut tx = DB::begin_write(&self.pool).await?;
-        sqlx::query(
-            "INSERT INTO auth_sessions (session_id, user_id, cookie_hash, created_at, last_used_at, \
-             expires_at, ip_address, user_agent) VALUES ($1, $2, $3, $4, $4, $5, $6, $7)",
+        Self::bind_session(
+            sqlx::query(
+                "INSERT INTO auth_sessions (session_id, user_id, cookie_hash, created_at, \
+                 last_used_at, expires_at, ip_address, user_agent) \
+                 VALUES ($1, $2, $3, $4, $4, $5, $6, $7)",
+            ),
+            s,
         )
-        .bind(&s.id)
-        .bind(s.user_db_id)
-        .bind(&s.cookie_hash)
-        .bind(s.now)
-        .bind(s.expires_at)
-        .bind(&s.ip)
-        .bind(&s.user_agent)
         .execute(&mut *tx)
         .await?;
         Self::insert_refresh_token(&mut tx, &s.refresh_hash, &s.id, s.now).await?;
@@ -155,7 +153,33 @@ where
             Attempt::Reserved(_) => START_SESSION_RESERVED,
             Attempt::Deferred { .. } => START_SESSION_DEFERRED,
         };
-        let query = sqlx::query_as(sql)
+        let query = Self::bind_session(sqlx::query(sql), s).bind(&s.refresh_hash);
+        let query = match &attempt.attempt {
+            Attempt::Reserved(id) => query.bind(id.0),
+            Attempt::Deferred { identifier } => query.bind(identifier),
+        };
+        let query = query
+            .bind(attempt.result.succeeded())
+            .bind(attempt.result.counted());
+        let row = Self::bind_audit(query, audit)
+            .bind(&attempt.ip)
+            .bind(account.location.to_string())
+            .bind(LegacyTime(attempt.now))
+            .bind(&account.user_agent)
+            .bind(attempt.result.status())
+            .bind(&attempt.method)
+            .bind(LegacyTime(s.now))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Some(LocationLogId(row.try_get(0)?)))
+    }
+
+    /// The session's columns, `$1` to `$7`, as both ways of opening one insert them.
+    fn bind_session<'q>(
+        query: Query<'q, DB, DB::Arguments<'q>>,
+        s: &'q NewSession,
+    ) -> Query<'q, DB, DB::Arguments<'q>> {
+        query
             .bind(&s.id)
             .bind(s.user_db_id)
             .bind(&s.cookie_hash)
@@ -163,35 +187,6 @@ where
             .bind(s.expires_at)
             .bind(&s.ip)
             .bind(&s.user_agent)
-            .bind(&s.refresh_hash);
-        let query = match &attempt.attempt {
-            Attempt::Reserved(id) => query.bind(id.0),
-            Attempt::Deferred { identifier } => query.bind(identifier),
-        };
-        let (log_id,): (i64,) = query
-            .bind(attempt.result.succeeded())
-            .bind(attempt.result.counted())
-            .bind(audit.now)
-            .bind(audit.kind)
-            .bind(audit.actor.as_ref().map(|u| u.as_str().to_owned()))
-            .bind(audit.target.as_ref().map(|u| u.as_str().to_owned()))
-            .bind(&audit.ip)
-            .bind(&audit.user_agent)
-            .bind(audit.details.to_string())
-            .bind(&attempt.ip)
-            .bind(account.location.to_string())
-            .bind(LegacyTime(attempt.now))
-            .bind(&account.user_agent)
-            .bind(if attempt.result.succeeded() {
-                "success"
-            } else {
-                "failure"
-            })
-            .bind(&attempt.method)
-            .bind(LegacyTime(s.now))
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(Some(LocationLogId(log_id)))
     }
 
     pub(super) async fn session_by_id(

@@ -225,11 +225,7 @@ where
         .bind(account.location.to_string())
         .bind(LegacyTime(o.now))
         .bind(&account.user_agent)
-        .bind(if o.result.succeeded() {
-            "success"
-        } else {
-            "failure"
-        })
+        .bind(o.result.status())
         .bind(&o.method)
         .fetch_one(&mut **tx)
         .await?;
