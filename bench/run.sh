@@ -27,22 +27,6 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"username":"bench.user","password":"correct-horse-battery-staple-42"}'
 LUA
 
-# wrk --latency output → "req/s p50_ms p99_ms non2xx"
-summarize() {
-  python3 -c '
-import re, sys
-text = sys.stdin.read()
-def ms(v):
-    n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
-    return float(n) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-rps = re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)
-p50 = ms(re.search(r"\s50%\s+(\S+)", text).group(1))
-p99 = ms(re.search(r"\s99%\s+(\S+)", text).group(1))
-bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-print(f"{float(rps):.0f} {p50:.2f} {p99:.2f} {bad.group(1) if bad else 0}")
-'
-}
-
 # wrk --latency outputs of consecutive slices of one load → "req/s p50_ms p99_ms non2xx":
 # requests over the slices' time, the median slice's p50, the worst slice's p99.
 summarize_slices() {
@@ -64,6 +48,14 @@ for path in sys.argv[1:]:
     bad += int(found.group(1)) if found else 0
 print(f"{done / seconds:.0f} {statistics.median(p50s):.2f} {max(p99s):.2f} {bad}")
 PY
+}
+
+# One wrk --latency output on standard input, as a load of one slice.
+summarize() {
+  local out
+  out=$(mktemp -p "$WORK")
+  cat >"$out"
+  summarize_slices "$out"
 }
 
 row() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$ROWS"; }
