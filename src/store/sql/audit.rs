@@ -203,17 +203,12 @@ where
         except: LocationLogId,
         limit: i64,
     ) -> Result<Vec<LoginRecord>, StoreError> {
-        let rows: Vec<LoginRecordRow> = sqlx::query_as(
-            "SELECT ip_address, CAST(location AS TEXT), user_agent, CAST(access_status AS TEXT), created_at, \
-             method FROM user_location_logs WHERE user_id = $1 AND log_id <> $2 \
-             AND CAST(access_status AS TEXT) = 'success' \
-             ORDER BY created_at DESC, log_id DESC LIMIT $3",
-        )
-        .bind(user_db_id)
-        .bind(except.0)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<LoginRecordRow> = sqlx::query_as(DB::EARLIER_SIGN_INS)
+            .bind(user_db_id)
+            .bind(except.0)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
