@@ -1,15 +1,17 @@
 -- The security notice's look-back: an account's latest successful sign-ins but one, newest
--- first, read in the order of user_location_logs_user_recent_idx so that the read stops
--- after the rows it returns.
+-- first (EARLIER_SIGN_INS in src/store/sql/audit.rs, the same query), read in the order of
+-- user_location_logs_user_recent_idx so that the read stops after the rows it returns.
 --
 -- Written as a plain query, the planner chose by its estimates, and they were wrong both
 -- ways it meets this table: while the statistics are young (a new database's first minute
 -- or so, before autovacuum analyzes it) and, once analyzed, because the status filter hid
 -- the rows from them. Expecting a row or two, it read the account's whole history (through
--- idx_user_id, or the whole table) and sorted it, on every sign-in: 0.3 ms at 400 rows,
--- 1.8 ms at 2 000, growing with the history. Within this function sorting is off, so the one plan left is the index's order
--- (0.05 ms whatever the history). A SET clause holds only while the function runs.
-CREATE OR REPLACE FUNCTION authflow_earlier_sign_ins(p_user BIGINT, p_except BIGINT, p_limit BIGINT)
+-- idx_user_id, or the whole table) and sorted it, on every sign-in, at a cost that grew
+-- with the history (measured in the README, "Sign-in"). Within this function sorting is
+-- off, so the one plan left is the index's order. A SET clause holds only while the
+-- function runs. (enable_incremental_sort: PostgreSQL 13 or later.)
+CREATE OR REPLACE FUNCTION authflow_earlier_sign_ins(
+    p_user BIGINT, p_except BIGINT, p_limit BIGINT)
 RETURNS TABLE (r_ip TEXT, r_location TEXT, r_user_agent TEXT, r_status TEXT,
                r_created_at TIMESTAMP, r_method TEXT)
 LANGUAGE plpgsql STABLE

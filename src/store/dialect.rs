@@ -37,10 +37,10 @@ pub trait Dialect: Database {
     /// `condition` compares `column` with that text: one index look-up per text, whatever
     /// the statistics say.
     fn for_each_json_text(column: &str, select: &dyn Fn(&str) -> String) -> String;
-    /// An account's latest successful sign-ins (`$1`) but one history row (`$2`), at most
-    /// `$3`, newest first, in the columns a history row is read as (`LoginRecordRow`): read in
-    /// the history index's order whatever the statistics say.
-    const EARLIER_SIGN_INS: &'static str;
+    /// Whether the planner may read and sort an account's whole sign-in history for its
+    /// latest rows when it expects few: if so, that read calls a function that keeps the
+    /// history index's order (PostgreSQL, migration 12).
+    const SORTS_WHOLE_HISTORY: bool;
     /// Whether concurrent session look-ups are worth combining into one statement: yes over
     /// a network round trip, no for an embedded database.
     const COALESCE_LOOKUPS: bool;

@@ -32,11 +32,8 @@ impl Dialect for Sqlite {
     const SKIP_LOCKED: &'static str = "";
     /// Rows cannot be locked one by one: the write transaction already excludes other writers.
     const FOR_UPDATE: &'static str = "";
-    /// SQLite reads the history index in order for this as it is.
-    const EARLIER_SIGN_INS: &'static str = "SELECT ip_address, CAST(location AS TEXT), \
-        user_agent, CAST(access_status AS TEXT), created_at, method FROM user_location_logs \
-        WHERE user_id = $1 AND log_id <> $2 AND access_status = 'success' \
-        ORDER BY created_at DESC, log_id DESC LIMIT $3";
+    /// SQLite's planner reads the history index in order for it (`EXPLAIN QUERY PLAN`).
+    const SORTS_WHOLE_HISTORY: bool = false;
     const COALESCE_LOOKUPS: bool = false;
     const WRITES_IN_WITH: bool = false;
 

@@ -14,6 +14,18 @@ use crate::store::{
 };
 use crate::time::Timestamp;
 
+/// An account's latest successful sign-ins (`$1`) but one history row (`$2`), at most `$3`,
+/// newest first, in the columns a history row is read as ([`LoginRecordRow`]).
+const EARLIER_SIGN_INS: &str = "SELECT ip_address, CAST(location AS TEXT), user_agent, \
+    CAST(access_status AS TEXT), created_at, method FROM user_location_logs \
+    WHERE user_id = $1 AND log_id <> $2 AND access_status = 'success' \
+    ORDER BY created_at DESC, log_id DESC LIMIT $3";
+
+/// [`EARLIER_SIGN_INS`] where the planner would sort the whole history for it: the same
+/// query in a function with sorting off (PostgreSQL's migration 12), which leaves the history
+/// index's order as the one plan.
+const EARLIER_SIGN_INS_IN_INDEX_ORDER: &str = "SELECT * FROM authflow_earlier_sign_ins($1, $2, $3)";
+
 #[derive(sqlx::FromRow)]
 struct AuditRow {
     id: i64,
@@ -203,7 +215,12 @@ where
         except: LocationLogId,
         limit: i64,
     ) -> Result<Vec<LoginRecord>, StoreError> {
-        let rows: Vec<LoginRecordRow> = sqlx::query_as(DB::EARLIER_SIGN_INS)
+        let sql = if DB::SORTS_WHOLE_HISTORY {
+            EARLIER_SIGN_INS_IN_INDEX_ORDER
+        } else {
+            EARLIER_SIGN_INS
+        };
+        let rows: Vec<LoginRecordRow> = sqlx::query_as(sql)
             .bind(user_db_id)
             .bind(except.0)
             .bind(limit)

@@ -156,8 +156,8 @@ impl From<KeyOwnerRow> for KeyOwner {
     }
 }
 
-/// A row of `user_location_logs`, its JSON and status read as text (by position: the
-/// casts leave those columns unnamed).
+/// A row of `user_location_logs`, its JSON and status read as text, by position (casts and
+/// a function's result name the columns differently).
 pub(super) struct LoginRecordRow {
     ip_address: String,
     location: String,
