@@ -690,23 +690,14 @@ impl SocialSignIn<'_> {
             .credentials_by_id(found.user_db_id)
             .await?
             .map(|c| c.user);
+        let attempt = Attempt::Reserved(found.attempt);
         let Some(user) = user.filter(|u| u.active) else {
-            self.finish_attempt(
-                Attempt::Reserved(found.attempt),
-                &client,
-                None,
-                AttemptResult::Failed,
-            )
-            .await?;
+            self.finish_attempt(attempt, &client, None, AttemptResult::Failed)
+                .await?;
             return Err(ACCOUNT_DISABLED);
         };
-        self.complete_sign_in(
-            user,
-            client,
-            Attempt::Reserved(found.attempt),
-            &found.method,
-        )
-        .await
+        self.complete_sign_in(user, client, attempt, &found.method)
+            .await
     }
 
     pub async fn identities(&self, principal: &Principal) -> Result<Vec<Identity>, Error> {
