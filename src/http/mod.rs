@@ -24,6 +24,7 @@ use axum::{middleware, Json, Router};
 use serde::Serialize;
 use tower::util::MapRequestLayer;
 use tower::ServiceBuilder;
+use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -194,6 +195,21 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(mfa::router())
 }
 
+/// A server error that the service did not explain itself. A 503 is never one: an
+/// unreachable database is logged where it is met (`Error::into_response`), and a sign-in
+/// refused by the full hashing queue is counted (`authflow_hash_overloaded_total`), not
+/// logged. A storm is thousands of those a second, each a line written to stderr by a
+/// runtime thread that `/health` and `/me` are waiting for.
+fn log_failure(class: ServerErrorsFailureClass, latency: Duration, _span: &tracing::Span) {
+    if matches!(
+        class,
+        ServerErrorsFailureClass::StatusCode(StatusCode::SERVICE_UNAVAILABLE)
+    ) {
+        return;
+    }
+    tracing::error!(classification = %class, latency_ms = latency.as_millis(), "response failed");
+}
+
 /// A client's `X-Request-Id` is kept only if it is 1–64 of `[A-Za-z0-9._-]`: it is written
 /// into logs and error answers, where anything else could forge lines or fields. An unusable
 /// one (or several) is removed, so a fresh id is made for the request.
@@ -341,7 +357,8 @@ pub fn router(state: AppState) -> Router {
                             .map(|c| tracing::field::display(c.subject()));
                         tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id, client_certificate = client)
                     })
-                    .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                    .on_response(DefaultOnResponse::new().level(Level::INFO))
+                    .on_failure(log_failure),
             )
             .layer(PropagateRequestIdLayer::new(x_request_id))
             .layer(headers)
