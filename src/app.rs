@@ -233,7 +233,7 @@ impl App {
                 let _ = stopped.wait_for(|stop| *stop).await;
             }
         };
-        background.spawn_service(release_idle_memory(
+        background.spawn_service(tend_hashing(
             self.auth.passwords.clone(),
             worker_stopped.clone(),
         ));
@@ -338,15 +338,22 @@ async fn maintain(auth: Arc<Auth>, mut stop: tokio::sync::watch::Receiver<bool>)
     }
 }
 
-/// Every 10 s: argon2 memory kept from a burst of sign-ins is freed once hashing is idle.
-async fn release_idle_memory(passwords: Passwords, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Every 10 s: argon2 memory kept from a burst of sign-ins is freed once hashing is idle, and
+/// the requests the full hashing queue refused meanwhile are logged as one warning (and
+/// those since the last one when the service stops).
+async fn tend_hashing(passwords: Passwords, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut every = tokio::time::interval(Duration::from_secs(10));
     let mut last_seen = 0;
     loop {
         tokio::select! {
-            _ = every.tick() => last_seen = passwords.release_idle(last_seen),
+            _ = every.tick() => {
+                last_seen = passwords.release_idle(last_seen);
+                passwords.report_refusals();
+            }
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
+                    // The last refusals are not left unsaid.
+                    passwords.report_refusals();
                     return;
                 }
             }

@@ -58,6 +58,8 @@ struct Queue {
     hash_micros: AtomicU64,
     /// Hashes finished since start: unchanged between two looks means hashing was idle.
     finished: AtomicU64,
+    /// Requests refused since the last summary ([`Passwords::report_refusals`]).
+    refused: AtomicU64,
     /// Admitted requests doing their database work before hashing (a sign-in's look-up and
     /// attempt record), a few at a time: a crowd of them would hold every pooled connection
     /// and starve the requests that need only one (`/me`).
@@ -294,6 +296,7 @@ impl Passwords {
                     u64::try_from(INITIAL_HASH_ESTIMATE.as_micros()).unwrap_or(u64::MAX),
                 ),
                 finished: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
                 preparing: Arc::new(Semaphore::new(PREPARING_AT_ONCE)),
                 finishing: Arc::new(Semaphore::new(PREPARING_AT_ONCE)),
             }),
@@ -316,6 +319,7 @@ impl Passwords {
         if wait > queue.max_wait || (wait > Duration::ZERO && queue.max_wait.is_zero()) {
             drop(admission);
             metrics::counter!("authflow_hash_overloaded_total").increment(1);
+            queue.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Error::Overloaded {
                 retry_after_secs: wait.as_secs().max(1),
             });
@@ -365,6 +369,21 @@ impl Passwords {
             }
         }
         finished
+    }
+
+    /// Logs, as one warning, how many requests were refused (503 `overloaded`) since the
+    /// last call, if any, and returns that count. A storm refuses thousands a second: one
+    /// line each would flood the log and cost the threads that answer everything else.
+    pub fn report_refusals(&self) -> u64 {
+        let refused = self.queue.refused.swap(0, Ordering::Relaxed);
+        if refused > 0 {
+            tracing::warn!(
+                refused,
+                "requests refused: every password-hashing slot was busy for longer than \
+                 HASH_QUEUE_MAX_WAIT_MS"
+            );
+        }
+        refused
     }
 
     /// Judges a new password (length and zxcvbn strength against the account's own words)
@@ -580,6 +599,22 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn refusals_are_summed_up_between_reports() {
+        let p = Passwords::new(1, Duration::ZERO).unwrap();
+        assert_eq!(p.report_refusals(), 0);
+        let admitted = p.admit().unwrap();
+        for _ in 0..3 {
+            assert!(matches!(p.admit(), Err(Error::Overloaded { .. })));
+        }
+        assert_eq!(p.report_refusals(), 3);
+        assert_eq!(p.report_refusals(), 0, "each refusal is reported once");
+        drop(admitted);
+        let again = p.admit().expect("the queue is empty again");
+        drop(again);
+        assert_eq!(p.report_refusals(), 0);
+    }
+
     #[test]
     fn the_expected_wait_grows_with_the_queue() {
         let queue = Queue {
@@ -588,6 +623,7 @@ mod tests {
             admitted: AtomicUsize::new(0),
             hash_micros: AtomicU64::new(20_000),
             finished: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             preparing: Arc::new(Semaphore::new(1)),
             finishing: Arc::new(Semaphore::new(1)),
         };

@@ -195,11 +195,11 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(mfa::router())
 }
 
-/// A server error that the service did not explain itself. A 503 is never one: an
-/// unreachable database is logged where it is met (`Error::into_response`), and a sign-in
-/// refused by the full hashing queue is counted (`authflow_hash_overloaded_total`), not
-/// logged. A storm is thousands of those a second, each a line written to stderr by a
-/// runtime thread that `/health` and `/me` are waiting for.
+/// Every 5xx but 503 is logged at ERROR, as tower-http's default does (a 500 or 502 is also
+/// logged with its cause where it is made). A 503 is logged where it is met instead: an
+/// unreachable database as a warning (`Error::into_response`), and the full hashing queue's
+/// refusals as one warning every 10 s with their count (`Passwords::report_refusals`). A
+/// storm refuses thousands a second, and an ERROR line each went to stderr.
 fn log_failure(class: ServerErrorsFailureClass, latency: Duration, _span: &tracing::Span) {
     if matches!(
         class,
