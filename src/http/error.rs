@@ -262,8 +262,15 @@ pub async fn envelope(request: Request, next: Next) -> Response {
         return response;
     }
     let parts = match response.extensions().get::<ErrorParts>() {
+        // Ours: a server error was logged with its cause where it was made
+        // (`Error::into_response`).
         Some(parts) => parts.clone(),
-        None => generic_parts(status, &path),
+        None => {
+            if status.is_server_error() {
+                tracing::error!(status = status.as_u16(), "response failed");
+            }
+            generic_parts(status, &path)
+        }
     };
     let (mut head, _) = response.into_parts();
     if status == StatusCode::UNAUTHORIZED && parts.code != "invalid_credentials" {

@@ -24,7 +24,6 @@ use axum::{middleware, Json, Router};
 use serde::Serialize;
 use tower::util::MapRequestLayer;
 use tower::ServiceBuilder;
-use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -195,21 +194,6 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(mfa::router())
 }
 
-/// Every 5xx but 503 is logged at ERROR, as tower-http's default does (a 500 or 502 is also
-/// logged with its cause where it is made). A 503 is logged where it is met instead: an
-/// unreachable database as a warning (`Error::into_response`), and the full hashing queue's
-/// refusals as one warning every 10 s with their count (`Passwords::report_refusals`). A
-/// storm refuses thousands a second, and an ERROR line each went to stderr.
-fn log_failure(class: ServerErrorsFailureClass, latency: Duration, _span: &tracing::Span) {
-    if matches!(
-        class,
-        ServerErrorsFailureClass::StatusCode(StatusCode::SERVICE_UNAVAILABLE)
-    ) {
-        return;
-    }
-    tracing::error!(classification = %class, latency_ms = latency.as_millis(), "response failed");
-}
-
 /// A client's `X-Request-Id` is kept only if it is 1–64 of `[A-Za-z0-9._-]`: it is written
 /// into logs and error answers, where anything else could forge lines or fields. An unusable
 /// one (or several) is removed, so a fresh id is made for the request.
@@ -358,7 +342,12 @@ pub fn router(state: AppState) -> Router {
                         tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id, client_certificate = client)
                     })
                     .on_response(DefaultOnResponse::new().level(Level::INFO))
-                    .on_failure(log_failure),
+                    // Each server error is logged once, where its cause is known: ours by
+                    // `Error::into_response` (a 503 of the full hashing queue only in the
+                    // 10 s summary, `Passwords::report_refusals`), pages by their own
+                    // handler, the rest by `error::envelope`. tower-http's default would log
+                    // every 5xx again at ERROR: a storm's thousands of 503s a second.
+                    .on_failure(()),
             )
             .layer(PropagateRequestIdLayer::new(x_request_id))
             .layer(headers)
