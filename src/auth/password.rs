@@ -27,16 +27,15 @@ pub enum Verification {
     Invalid,
 }
 
-/// Hashes and verifies passwords on threads of their own, at most `permits` at once. A burst
-/// queues, but only as long as `HASH_QUEUE_MAX_WAIT_MS` allows: past that a request is
+/// Hashes and verifies passwords on threads of their own, one hash per thread at once. A
+/// burst queues, but only as long as `HASH_QUEUE_MAX_WAIT_MS` allows: past that a request is
 /// refused at once (503 `overloaded`) rather than kept waiting (SPEC §14).
 #[derive(Clone)]
 pub struct Passwords {
-    permits: Arc<Semaphore>,
-    /// One thread per permit, at a lower priority than the rest ([`workers`]). The threads
-    /// alone would bound the hashes too; the permits stay because waiting for one is the
-    /// queue: measured, and left at once by a request whose client went away, whereas a job
-    /// handed to the threads runs to its end.
+    /// One thread per hashing slot, at a lower priority than the rest ([`workers`]). Their
+    /// job queue is the hashing queue: a thread that finishes a hash takes the next job
+    /// itself, with no turn of the async runtime in between, and skips the job of a request
+    /// whose client went away.
     workers: Arc<workers::Workers>,
     queue: Arc<Queue>,
     /// Strength checks (zxcvbn) run on tokio's blocking pool, bounded apart from hashing so
@@ -286,7 +285,6 @@ impl Passwords {
     pub fn new(max_concurrent: usize, max_wait: Duration) -> Result<Self, Error> {
         let slots = max_concurrent.max(1);
         Ok(Self {
-            permits: Arc::new(Semaphore::new(slots)),
             workers: Arc::new(workers::Workers::start(slots)?),
             queue: Arc::new(Queue {
                 slots,
@@ -334,19 +332,14 @@ impl Passwords {
         work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
     ) -> Result<T, Error> {
         let queued = Instant::now();
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .context("password hashing pool closed")?;
-        metrics::histogram!("authflow_hash_queue_wait_seconds")
-            .record(queued.elapsed().as_secs_f64());
         let memory = Arc::clone(&self.memory);
         let queue = Arc::clone(&self.queue);
         let result = self
             .workers
             .run(move || {
                 let started = Instant::now();
+                metrics::histogram!("authflow_hash_queue_wait_seconds")
+                    .record(started.duration_since(queued).as_secs_f64());
                 let result = with_memory(&memory, work);
                 queue.record_hash(started.elapsed());
                 result

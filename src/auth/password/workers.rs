@@ -44,7 +44,9 @@ impl Workers {
         Ok(Self { jobs })
     }
 
-    /// Runs `job` on a hashing thread and waits for its result without blocking the runtime.
+    /// Runs `job` on a hashing thread, after the jobs queued before it, and waits for its
+    /// result without blocking the runtime. A job whose caller stopped waiting (its client
+    /// left) before a thread took it is skipped.
     pub(super) async fn run<T: Send + 'static>(
         &self,
         job: impl FnOnce() -> T + Send + 'static,
@@ -52,7 +54,10 @@ impl Workers {
         let (done, result) = tokio::sync::oneshot::channel();
         self.jobs
             .send(Box::new(move || {
-                // The waiting request may have gone (its client left); the result is dropped.
+                if done.is_closed() {
+                    return;
+                }
+                // The caller may still go while the job runs; the result is then dropped.
                 let _ = done.send(job());
             }))
             .ok()
@@ -107,6 +112,33 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(name.as_deref(), Some("authflow-hash-0"));
+    }
+
+    /// A hash queued behind another is skipped when its caller stops waiting for it before a
+    /// thread takes it (a client that went away costs no hash).
+    #[tokio::test]
+    async fn a_job_whose_caller_left_is_skipped() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        let workers = Workers::start(1).unwrap();
+        let (release, hold) = mpsc::channel::<()>();
+        let busy = workers.run(move || hold.recv().is_ok());
+        tokio::pin!(busy);
+        // Polled once, so that it is handed to the thread first.
+        let started = tokio::time::timeout(std::time::Duration::from_millis(20), &mut busy).await;
+        assert!(started.is_err());
+        let ran = Arc::new(AtomicBool::new(false));
+        let abandoned = {
+            let ran = Arc::clone(&ran);
+            workers.run(move || ran.store(true, Ordering::SeqCst))
+        };
+        // Queued behind the busy job, then given up.
+        let gave_up = tokio::time::timeout(std::time::Duration::from_millis(50), abandoned).await;
+        assert!(gave_up.is_err());
+        release.send(()).unwrap();
+        assert!(busy.await.unwrap());
+        assert_eq!(workers.run(|| 7).await.unwrap(), 7);
+        assert!(!ran.load(Ordering::SeqCst), "the abandoned job ran");
     }
 
     #[tokio::test]
