@@ -106,6 +106,7 @@ impl Services {
                     .expose(),
             ),
             lookups: crate::auth::SessionLookups::default(),
+            known_sign_ins: crate::auth::KnownSignIns::default(),
         });
         Ok(Self {
             config,

@@ -8,6 +8,7 @@ mod lookups;
 pub mod mfa;
 mod notices;
 pub use lookups::SessionLookups;
+pub(crate) use notices::KnownSignIns;
 pub mod password;
 mod protection;
 mod recovery;
@@ -122,6 +123,8 @@ pub struct Auth {
     pub(crate) sealing: mfa::SealingKey,
     /// Session look-ups in flight together share one statement.
     pub(crate) lookups: lookups::SessionLookups,
+    /// What the security notices learnt of each account's sign-in history.
+    pub(crate) known_sign_ins: notices::KnownSignIns,
 }
 
 impl Auth {

@@ -1,6 +1,11 @@
 //! Security notices (SPEC §13): a sign-in from a new place or device is emailed with a
 //! one-click "this wasn't me" link, which ends every session and sends a password reset.
 
+use std::num::NonZeroUsize;
+use std::sync::{Mutex, PoisonError};
+
+use lru::LruCache;
+
 use super::*;
 use crate::mail::templates::{Email, EmailKind};
 use crate::store::{LocationLogId, NewSignInNotice};
@@ -12,10 +17,89 @@ const EARLIER_COMPARED: i64 = 200;
 /// The most recent ones, read first: a known place and device are nearly always among them,
 /// and the other 190 rows (with their locations' JSON) are read only when they are not.
 const RECENT_COMPARED: i64 = 10;
+/// How long what the history showed of an account is trusted without reading it again.
+const KNOWN_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Accounts remembered at most (least recently signed in go first).
+const KNOWN_ACCOUNTS: usize = 10_000;
+/// Places, and devices, remembered per account at most; a sign-in from any other is judged
+/// by the history.
+const KNOWN_PER_ACCOUNT: usize = 16;
+
+/// Country and city of a located sign-in.
+type Place = (String, String);
+
+/// The places and devices that each account's history of successful sign-ins was seen to
+/// hold, so that a sign-in from a known place with a known device (nearly all of them) is
+/// judged without reading the history. This memory never knows more than the database: the
+/// history only grows (other instances add to it too) until rows are pruned after
+/// `LOGIN_HISTORY_RETENTION_DAYS`, and what was read is trusted for an hour only. What it
+/// does not know is asked of the history, as before.
+pub(crate) struct KnownSignIns {
+    accounts: Mutex<LruCache<UserId, Known>>,
+}
+
+struct Known {
+    read_at: Timestamp,
+    places: Vec<Place>,
+    devices: Vec<String>,
+}
+
+impl Default for KnownSignIns {
+    fn default() -> Self {
+        Self {
+            accounts: Mutex::new(LruCache::new(
+                NonZeroUsize::new(KNOWN_ACCOUNTS).unwrap_or(NonZeroUsize::MIN),
+            )),
+        }
+    }
+}
+
+impl KnownSignIns {
+    /// Whether the account's history is known to hold this place (if the sign-in has one)
+    /// and this device.
+    fn knows(&self, user: UserId, place: Option<&Place>, device: &str, now: Timestamp) -> bool {
+        let mut accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
+        accounts.get(&user).is_some_and(|known| {
+            now - known.read_at < time::duration(KNOWN_TTL)
+                && place.is_none_or(|p| known.places.contains(p))
+                && known.devices.iter().any(|d| d == device)
+        })
+    }
+
+    /// Remembers what these sign-ins of the account's history show, in place of what was
+    /// remembered before.
+    fn learn<'a>(
+        &self,
+        user: UserId,
+        history: impl IntoIterator<Item = &'a LoginRecord>,
+        now: Timestamp,
+    ) {
+        let mut known = Known {
+            read_at: now,
+            places: Vec::new(),
+            devices: Vec::new(),
+        };
+        for record in history {
+            if let Some(place) = place_of(&record.location) {
+                if known.places.len() < KNOWN_PER_ACCOUNT && !known.places.contains(&place) {
+                    known.places.push(place);
+                }
+            }
+            let device = device_family(record.user_agent.as_deref());
+            if known.devices.len() < KNOWN_PER_ACCOUNT && !known.devices.contains(&device) {
+                known.devices.push(device);
+            }
+        }
+        self.accounts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .put(user, known);
+    }
+}
 
 /// Country and city of a located sign-in; `None` when the location is not known (no
 /// geolocation configured, or the lookup failed).
-pub(crate) fn place_of(location: &serde_json::Value) -> Option<(String, String)> {
+pub(crate) fn place_of(location: &serde_json::Value) -> Option<Place> {
     let country = location.get("country")?.as_str()?;
     let city = location.get("city").and_then(|c| c.as_str()).unwrap_or("");
     Some((country.to_owned(), city.to_owned()))
@@ -106,16 +190,19 @@ impl Auth {
             self.store.set_location(log_id, &location).await?;
             this.location = location;
         }
-        let recent = self
+        let place = place_of(&this.location);
+        let device = device_family(this.user_agent.as_deref());
+        let now = self.clock.now();
+        if self
+            .known_sign_ins
+            .knows(user.db_id, place.as_ref(), &device, now)
+        {
+            return Ok(());
+        }
+        let mut earlier = self
             .store
             .earlier_sign_ins(user.db_id, log_id, RECENT_COMPARED)
             .await?;
-        // The first sign-in of an account is new by definition, and no news.
-        if recent.is_empty() {
-            return Ok(());
-        }
-        let place = place_of(&this.location);
-        let device = device_family(this.user_agent.as_deref());
         let judge = |earlier: &[LoginRecord]| {
             let new_place = place.is_some()
                 && !earlier
@@ -126,15 +213,19 @@ impl Auth {
                 .any(|r| device_family(r.user_agent.as_deref()) == device);
             (new_place, new_device)
         };
-        let (mut new_place, mut new_device) = judge(&recent);
-        if (new_place || new_device) && recent.len() >= RECENT_COMPARED as usize {
-            let earlier = self
+        let (mut new_place, mut new_device) = judge(&earlier);
+        if (new_place || new_device) && earlier.len() >= RECENT_COMPARED as usize {
+            earlier = self
                 .store
                 .earlier_sign_ins(user.db_id, log_id, EARLIER_COMPARED)
                 .await?;
             (new_place, new_device) = judge(&earlier);
         }
-        if !new_place && !new_device {
+        // This sign-in is in the history now, beside the ones read.
+        self.known_sign_ins
+            .learn(user.db_id, earlier.iter().chain([&this]), now);
+        // The first sign-in of an account is new by definition, and no news.
+        if earlier.is_empty() || (!new_place && !new_device) {
             return Ok(());
         }
         self.send_sign_in_notice(user, session_id, &this, new_place)

@@ -475,18 +475,14 @@ async fn the_notice_reads_only_the_latest_of_a_long_history() {
         .await;
     app.db.execute("ANALYZE user_location_logs").await;
 
-    // The service's look-back after a sign-in is the function's.
+    // The service's look-back after a sign-in is the function's, once what the first
+    // sign-in showed of the history is too old to be trusted (until then, a sign-in with the
+    // same place and device reads no history: `a_known_place_and_device_read_no_history`).
+    app.advance(Duration::from_secs(3601));
     proxy.take_round_trips();
     app.sign_in(&user).await;
     app.settled().await;
-    let calls = proxy
-        .take_round_trips()
-        .iter()
-        .filter(|(_, t)| {
-            matches!(t, RoundTrip::Statement(sql) if sql.contains("authflow_earlier_sign_ins("))
-        })
-        .count();
-    assert_eq!(calls, 1, "the look-back of one sign-in");
+    assert_eq!(look_backs(&proxy), 1, "the look-back of one sign-in");
 
     // The function, called again and again on one connection as a pooled one does (past the
     // plan cache's first custom plans), with the newest row left out as the service does.
@@ -538,3 +534,47 @@ async fn the_notice_reads_only_the_latest_of_a_long_history() {
 }
 
 crate::postgres_only!(the_notice_reads_only_the_latest_of_a_long_history);
+
+/// Calls of the notice's look-back at the history on the wire since the last look.
+fn look_backs(proxy: &TcpProxy) -> usize {
+    proxy
+        .take_round_trips()
+        .iter()
+        .filter(|(_, t)| {
+            matches!(t, RoundTrip::Statement(sql) if sql.contains("FROM authflow_earlier_sign_ins("))
+        })
+        .count()
+}
+
+/// A sign-in from a place and with a device that the account's history was seen to hold
+/// is judged for a notice without reading the history again; a device it was not seen to
+/// hold is looked for in the history, and known from then on.
+async fn a_known_place_and_device_read_no_history() {
+    let (_database, proxy, app) = app_behind_a_reading_proxy("off").await;
+    let (user, _) = app.signed_in_user().await;
+    app.settled().await;
+    assert_eq!(look_backs(&proxy), 1, "the first sign-in reads the history");
+
+    app.sign_in(&user).await;
+    app.settled().await;
+    assert_eq!(look_backs(&proxy), 0, "the same place and device again");
+
+    let with_firefox = || {
+        app.client
+            .post(app.url("/api/auth/signin"))
+            .header(
+                "user-agent",
+                "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0",
+            )
+            .json(&json!({"username": user.username, "password": user.password}))
+            .send()
+    };
+    assert_eq!(with_firefox().await.unwrap().status(), 200);
+    app.settled().await;
+    assert!(look_backs(&proxy) >= 1, "a device not seen in the history");
+    assert_eq!(with_firefox().await.unwrap().status(), 200);
+    app.settled().await;
+    assert_eq!(look_backs(&proxy), 0, "that device again");
+}
+
+crate::postgres_only!(a_known_place_and_device_read_no_history);
