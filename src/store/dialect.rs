@@ -45,7 +45,8 @@ pub trait Dialect: Database {
     /// a network round trip, no for an embedded database.
     const COALESCE_LOOKUPS: bool;
     /// Whether `INSERT`/`UPDATE` may run inside `WITH`, so that a change of several tables is
-    /// one statement (one round trip, its own transaction) instead of a transaction of many.
+    /// one statement (one round trip, its own transaction); without, it is one batch of
+    /// statements inside a write transaction.
     const WRITES_IN_WITH: bool;
 
     fn legacy(t: Timestamp) -> Self::LegacyTs;

@@ -40,47 +40,87 @@ impl HotStatements {
     }
 }
 
-/// What [`SqlStore::start_session`] writes, as one PostgreSQL statement: the session, its
-/// first refresh token, the attempt's outcome (`$attempt`, with `$9` the attempt), its audit
-/// entry, the history row (whose id it returns) and the user's last sign-in. Foreign keys are
-/// checked at the statement's end, when the session row is there.
+/// What [`SqlStore::start_session`] writes: the session, its first refresh token, the
+/// attempt's outcome (`$attempt`, with `$9` the attempt), its audit entry, the user's last
+/// sign-in and the history row (whose id it returns), with the same parameters in both forms:
+/// - `with`: one PostgreSQL statement of data-modifying CTEs, its own transaction. Foreign
+///   keys are checked at the statement's end, when the session row is there.
+/// - `batch`: for SQLite, whose `WITH` cannot write, the same statements one after another
+///   in one batch, run inside a write transaction: one hop to the connection's thread for
+///   all of them instead of one each.
 macro_rules! start_session_at_once {
-    ($attempt:literal) => {
+    (with $attempt:literal) => {
+        start_session_at_once!(
+            [
+                "WITH session AS (",
+                "), refresh AS (",
+                "), attempt AS (",
+                "), audit AS (",
+                "), last_login AS (",
+                ") "
+            ],
+            "::jsonb",
+            "::access_status_enum",
+            $attempt
+        )
+    };
+    (batch $attempt:literal) => {
+        start_session_at_once!(["", "; ", "; ", "; ", "; ", "; "], "", "", $attempt)
+    };
+    ([$a:literal, $b:literal, $c:literal, $d:literal, $e:literal, $f:literal],
+     $json:literal, $status:literal, $attempt:literal) => {
         concat!(
-            "WITH session AS ( \
-                INSERT INTO auth_sessions (session_id, user_id, cookie_hash, created_at, \
-                last_used_at, expires_at, ip_address, user_agent) \
-                VALUES ($1, $2, $3, $4, $4, $5, $6, $7) \
-            ), refresh AS ( \
-                INSERT INTO refresh_tokens (token_hash, session_id, created_at) \
-                VALUES ($8, $1, $4) \
-            ), attempt AS (",
+            $a,
+            "INSERT INTO auth_sessions (session_id, user_id, cookie_hash, created_at, \
+             last_used_at, expires_at, ip_address, user_agent) \
+             VALUES ($1, $2, $3, $4, $4, $5, $6, $7)",
+            $b,
+            "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($8, $1, $4)",
+            $c,
             $attempt,
-            "), audit AS ( \
-                INSERT INTO audit_log (created_at, kind, actor_uid, target_uid, ip, user_agent, \
-                details) VALUES ($12, $13, $14, $15, $16, $17, $18::jsonb) \
-            ), last_login AS ( \
-                UPDATE users SET last_login = $25 WHERE user_db_id = $2 \
-            ) \
-            INSERT INTO user_location_logs (user_id, ip_address, location, created_at, \
-            user_agent, access_status, method) \
-            VALUES ($2, $19, $20::jsonb, $21, $22, $23::access_status_enum, $24) \
-            RETURNING CAST(log_id AS BIGINT)"
+            $d,
+            "INSERT INTO audit_log (created_at, kind, actor_uid, target_uid, ip, user_agent, \
+             details) VALUES ($12, $13, $14, $15, $16, $17, $18",
+            $json,
+            ")",
+            $e,
+            "UPDATE users SET last_login = $25 WHERE user_db_id = $2",
+            $f,
+            "INSERT INTO user_location_logs (user_id, ip_address, location, created_at, \
+             user_agent, access_status, method) VALUES ($2, $19, $20",
+            $json,
+            ", $21, $22, $23",
+            $status,
+            ", $24) RETURNING CAST(log_id AS BIGINT)"
         )
     };
 }
 
 /// For an attempt reserved before the password was judged (`$9` its id).
-const START_SESSION_RESERVED: &str = start_session_at_once!(
-    "UPDATE login_attempts SET success = $10, counted = $11 WHERE attempt_id = $9"
-);
+macro_rules! reserved_attempt {
+    ($form:ident) => {
+        start_session_at_once!(
+            $form "UPDATE login_attempts SET success = $10, counted = $11 WHERE attempt_id = $9"
+        )
+    };
+}
 
 /// For a deferred attempt (`$9` the identifier), written as it ends, at the history row's
 /// address and time.
-const START_SESSION_DEFERRED: &str = start_session_at_once!(
-    "INSERT INTO login_attempts (ip_address, email_or_username, attempted_at, success, counted) \
-     VALUES ($19, $9, $21, $10, $11)"
-);
+macro_rules! deferred_attempt {
+    ($form:ident) => {
+        start_session_at_once!(
+            $form "INSERT INTO login_attempts (ip_address, email_or_username, attempted_at, \
+            success, counted) VALUES ($19, $9, $21, $10, $11)"
+        )
+    };
+}
+
+/// [`start_session_at_once!`] by attempt (reserved, deferred) and form (`with`, `batch`).
+const START_SESSION: [[&str; 2]; 2] = [
+    [reserved_attempt!(with), reserved_attempt!(batch)],
+    [deferred_attempt!(with), deferred_attempt!(batch)],
+];
 
 /// A refresh token that could not be claimed: its session, and when it was used.
 #[derive(sqlx::FromRow)]
@@ -111,10 +151,8 @@ where
         s: &NewSession,
         attempt: &AttemptOutcome,
     ) -> Result<Option<LocationLogId>, StoreError> {
-        if DB::WRITES_IN_WITH {
-            if let (Some(audit), Some(account)) = (&attempt.audit, &attempt.account) {
-                return self.start_session_at_once(s, attempt, audit, account).await;
-            }
+        if let (Some(audit), Some(account)) = (&attempt.audit, &attempt.account) {
+            return self.start_session_at_once(s, attempt, audit, account).await;
         }
         let mut tx = DB::begin_write(&self.pool).await?;
         Self::bind_session(
@@ -140,8 +178,10 @@ where
         Ok(log_id)
     }
 
-    /// [`Self::start_session`] as one statement: one round trip instead of eight, and the
-    /// user's row is locked only while that statement runs.
+    /// [`Self::start_session`] at once (see [`start_session_at_once!`]): on PostgreSQL one
+    /// round trip instead of eight, and the user's row locked only while that statement
+    /// runs; on SQLite three hops to the connection's thread (begin, the batch, commit)
+    /// instead of eight.
     async fn start_session_at_once(
         &self,
         s: &NewSession,
@@ -149,10 +189,11 @@ where
         audit: &NewAuditEvent,
         account: &AccountAttempt,
     ) -> Result<Option<LocationLogId>, StoreError> {
-        let sql = match attempt.attempt {
-            Attempt::Reserved(_) => START_SESSION_RESERVED,
-            Attempt::Deferred { .. } => START_SESSION_DEFERRED,
+        let by_attempt = match attempt.attempt {
+            Attempt::Reserved(_) => START_SESSION[0],
+            Attempt::Deferred { .. } => START_SESSION[1],
         };
+        let sql = by_attempt[usize::from(!DB::WRITES_IN_WITH)];
         let query = Self::bind_session(sqlx::query(sql), s).bind(&s.refresh_hash);
         let query = match &attempt.attempt {
             Attempt::Reserved(id) => query.bind(id.0),
@@ -161,16 +202,22 @@ where
         let query = query
             .bind(attempt.result.succeeded())
             .bind(attempt.result.counted());
-        let row = Self::bind_audit(query, audit)
+        let query = Self::bind_audit(query, audit)
             .bind(&attempt.ip)
             .bind(account.location.to_string())
             .bind(LegacyTime(attempt.now))
             .bind(&account.user_agent)
             .bind(attempt.result.status())
             .bind(&attempt.method)
-            .bind(LegacyTime(s.now))
-            .fetch_one(&self.pool)
-            .await?;
+            .bind(LegacyTime(s.now));
+        let row = if DB::WRITES_IN_WITH {
+            query.fetch_one(&self.pool).await?
+        } else {
+            let mut tx = DB::begin_write(&self.pool).await?;
+            let row = query.fetch_one(&mut *tx).await?;
+            tx.commit().await?;
+            row
+        };
         Ok(Some(LocationLogId(row.try_get(0)?)))
     }
 
