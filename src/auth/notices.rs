@@ -23,7 +23,7 @@ const KNOWN_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 const KNOWN_ACCOUNTS: usize = 10_000;
 /// Places, and devices, remembered per account at most; a sign-in from any other is judged
 /// by the history.
-const KNOWN_PER_ACCOUNT: usize = 16;
+const KNOWN_PER_ACCOUNT: usize = 8;
 
 /// Country and city of a located sign-in.
 type Place = (String, String);
