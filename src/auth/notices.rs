@@ -1,6 +1,7 @@
 //! Security notices (SPEC §13): a sign-in from a new place or device is emailed with a
 //! one-click "this wasn't me" link, which ends every session and sends a password reset.
 
+use std::hash::{BuildHasher, RandomState};
 use std::num::NonZeroUsize;
 use std::sync::{Mutex, PoisonError};
 
@@ -30,23 +31,30 @@ type Place = (String, String);
 
 /// The places and devices that each account's history of successful sign-ins was seen to
 /// hold, so that a sign-in from a known place with a known device (nearly all of them) is
-/// judged without reading the history. This memory never knows more than the database: the
-/// history only grows (other instances add to it too) until rows are pruned after
-/// `LOGIN_HISTORY_RETENTION_DAYS`, and what was read is trusted for an hour only. What it
-/// does not know is asked of the history, as before.
+/// judged without reading the history. This memory knows no more than the history would
+/// tell: the history only grows (other instances add to it too) until rows are pruned
+/// after `LOGIN_HISTORY_RETENTION_DAYS`, and what was read is trusted for an hour only.
+/// Within that hour, an account signed in to more than 200 times could push a place or
+/// device out of the 200 latest sign-ins the look-back compares, while this memory still
+/// knows it. What it does not know is asked of the history, as before.
+///
+/// Places and devices are kept as keyed 64-bit digests (a key of this process's own), so an
+/// account costs about 200 bytes however long the user agents a client sends.
 pub(crate) struct KnownSignIns {
+    key: RandomState,
     accounts: Mutex<LruCache<UserId, Known>>,
 }
 
 struct Known {
     read_at: Timestamp,
-    places: Vec<Place>,
-    devices: Vec<String>,
+    places: Vec<u64>,
+    devices: Vec<u64>,
 }
 
 impl Default for KnownSignIns {
     fn default() -> Self {
         Self {
+            key: RandomState::new(),
             accounts: Mutex::new(LruCache::new(
                 NonZeroUsize::new(KNOWN_ACCOUNTS).unwrap_or(NonZeroUsize::MIN),
             )),
@@ -58,11 +66,14 @@ impl KnownSignIns {
     /// Whether the account's history is known to hold this place (if the sign-in has one)
     /// and this device.
     fn knows(&self, user: UserId, place: Option<&Place>, device: &str, now: Timestamp) -> bool {
+        let place = place.map(|p| self.key.hash_one(p));
+        let device = self.key.hash_one(device);
         let mut accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
         accounts.get(&user).is_some_and(|known| {
-            now - known.read_at < time::duration(KNOWN_TTL)
-                && place.is_none_or(|p| known.places.contains(p))
-                && known.devices.iter().any(|d| d == device)
+            // A clock set back does not stretch the hour.
+            (known.read_at..known.read_at + time::duration(KNOWN_TTL)).contains(&now)
+                && place.is_none_or(|p| known.places.contains(&p))
+                && known.devices.contains(&device)
         })
     }
 
@@ -79,16 +90,17 @@ impl KnownSignIns {
             places: Vec::new(),
             devices: Vec::new(),
         };
+        let remember = |digests: &mut Vec<u64>, digest: u64| {
+            if digests.len() < KNOWN_PER_ACCOUNT && !digests.contains(&digest) {
+                digests.push(digest);
+            }
+        };
         for record in history {
             if let Some(place) = place_of(&record.location) {
-                if known.places.len() < KNOWN_PER_ACCOUNT && !known.places.contains(&place) {
-                    known.places.push(place);
-                }
+                remember(&mut known.places, self.key.hash_one(&place));
             }
             let device = device_family(record.user_agent.as_deref());
-            if known.devices.len() < KNOWN_PER_ACCOUNT && !known.devices.contains(&device) {
-                known.devices.push(device);
-            }
+            remember(&mut known.devices, self.key.hash_one(device.as_str()));
         }
         self.accounts
             .lock()
@@ -322,6 +334,38 @@ mod tests {
         assert_eq!(device_family(Some(c)), "Firefox Windows");
         assert_eq!(device_family(None), "unknown");
         assert_eq!(device_family(Some("curl/8.5.0")), "curl");
+    }
+
+    /// Known for an hour after the history was read, and only for what it showed; a clock
+    /// set back does not stretch the hour.
+    #[test]
+    fn the_memory_knows_what_the_history_showed_for_an_hour() {
+        let known = KnownSignIns::default();
+        let (user, other) = (UserId::new(1), UserId::new(2));
+        let read_at = Clock::system().now();
+        let paris = serde_json::json!({"ip": "81.2.69.142", "city": "Paris", "country": "FR"});
+        let record = LoginRecord {
+            ip: "81.2.69.142".into(),
+            location: paris.clone(),
+            user_agent: Some("curl/8.5.0".into()),
+            success: true,
+            created_at: read_at,
+            method: None,
+        };
+        known.learn(user, [&record], read_at);
+        let place = place_of(&paris);
+        let minutes = |m: i64| read_at + chrono::Duration::minutes(m);
+        assert!(known.knows(user, place.as_ref(), "curl", minutes(59)));
+        assert!(
+            known.knows(user, None, "curl", minutes(0)),
+            "an unknown place"
+        );
+        assert!(!known.knows(user, place.as_ref(), "Firefox Windows", minutes(1)));
+        let berlin = Some(("DE".to_owned(), "Berlin".to_owned()));
+        assert!(!known.knows(user, berlin.as_ref(), "curl", minutes(1)));
+        assert!(!known.knows(other, place.as_ref(), "curl", minutes(1)));
+        assert!(!known.knows(user, place.as_ref(), "curl", minutes(61)));
+        assert!(!known.knows(user, place.as_ref(), "curl", minutes(-1)));
     }
 
     #[test]

@@ -569,12 +569,16 @@ async fn a_known_place_and_device_read_no_history() {
             .json(&json!({"username": user.username, "password": user.password}))
             .send()
     };
+    let notices = || app.db.count("SELECT count(*) FROM sign_in_notices");
+    assert_eq!(notices().await, 0);
     assert_eq!(with_firefox().await.unwrap().status(), 200);
     app.settled().await;
-    assert!(look_backs(&proxy) >= 1, "a device not seen in the history");
+    assert_eq!(look_backs(&proxy), 1, "a device not seen in the history");
+    assert_eq!(notices().await, 1, "the new device is noticed");
     assert_eq!(with_firefox().await.unwrap().status(), 200);
     app.settled().await;
     assert_eq!(look_backs(&proxy), 0, "that device again");
+    assert_eq!(notices().await, 1, "and not noticed again");
 }
 
 crate::postgres_only!(a_known_place_and_device_read_no_history);

@@ -46,7 +46,9 @@ impl Workers {
 
     /// Runs `job` on a hashing thread, after the jobs queued before it, and waits for its
     /// result without blocking the runtime. A job whose caller stopped waiting (its client
-    /// left) before a thread took it is skipped.
+    /// left) before a thread took it is skipped; until a thread reaches it, it stays queued
+    /// with what it holds (the password), for as long as the admission bound lets a queue
+    /// wait (`HASH_QUEUE_MAX_WAIT_MS`).
     pub(super) async fn run<T: Send + 'static>(
         &self,
         job: impl FnOnce() -> T + Send + 'static,

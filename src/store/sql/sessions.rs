@@ -116,11 +116,11 @@ macro_rules! deferred_attempt {
     };
 }
 
-/// [`start_session_at_once!`] by attempt (reserved, deferred) and form (`with`, `batch`).
-const START_SESSION: [[&str; 2]; 2] = [
-    [reserved_attempt!(with), reserved_attempt!(batch)],
-    [deferred_attempt!(with), deferred_attempt!(batch)],
-];
+/// [`start_session_at_once!`] for each kind of attempt, in each form.
+const START_SESSION_RESERVED: &str = reserved_attempt!(with);
+const START_SESSION_RESERVED_BATCH: &str = reserved_attempt!(batch);
+const START_SESSION_DEFERRED: &str = deferred_attempt!(with);
+const START_SESSION_DEFERRED_BATCH: &str = deferred_attempt!(batch);
 
 /// A refresh token that could not be claimed: its session, and when it was used.
 #[derive(sqlx::FromRow)]
@@ -189,11 +189,12 @@ where
         audit: &NewAuditEvent,
         account: &AccountAttempt,
     ) -> Result<Option<LocationLogId>, StoreError> {
-        let by_attempt = match attempt.attempt {
-            Attempt::Reserved(_) => START_SESSION[0],
-            Attempt::Deferred { .. } => START_SESSION[1],
+        let sql = match (&attempt.attempt, DB::WRITES_IN_WITH) {
+            (Attempt::Reserved(_), true) => START_SESSION_RESERVED,
+            (Attempt::Reserved(_), false) => START_SESSION_RESERVED_BATCH,
+            (Attempt::Deferred { .. }, true) => START_SESSION_DEFERRED,
+            (Attempt::Deferred { .. }, false) => START_SESSION_DEFERRED_BATCH,
         };
-        let sql = by_attempt[usize::from(!DB::WRITES_IN_WITH)];
         let query = Self::bind_session(sqlx::query(sql), s).bind(&s.refresh_hash);
         let query = match &attempt.attempt {
             Attempt::Reserved(id) => query.bind(id.0),
